@@ -1,0 +1,96 @@
+"""Parameter and FLOP counting with the paper's definitions, at the dataset's real input size."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from spa.adapters import SPLoRAConv2d, SPLoRALinear
+
+__all__ = ["learned_parameters", "total_parameters", "flops", "conv_channels", "density", "network_convs"]
+
+
+def learned_parameters(model: nn.Module) -> int:
+    """Parameters that training updates and a deployment must store per task.
+
+    Fine-pruning learns every remaining parameter; SPLoRA learns its adapter factors, the BatchNorm affine
+    parameters and the head (``spa.adapters.mark_trainable`` sets which).
+    """
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def total_parameters(model: nn.Module) -> int:
+    """Parameters of the deployable model: adapters count as merged into their base layer."""
+    adapter_factors = {
+        id(p)
+        for m in model.modules()
+        if isinstance(m, (SPLoRAConv2d, SPLoRALinear))
+        for p in (*m.lora_a.parameters(), *m.lora_b.parameters())
+    }
+    return sum(p.numel() for p in model.parameters() if id(p) not in adapter_factors)
+
+
+def flops(model: nn.Module, input_size: Sequence[int]) -> int:
+    """Multiply-accumulates of one image of ``input_size`` (C, H, W) through the deployable model.
+
+    Counted as in the paper: every conv and linear layer's MACs plus two operations per BatchNorm output
+    element; activations, pooling and residual additions are free. An adapter counts as its merged conv.
+    """
+    total = 0
+    skip: set[int] = set()
+
+    def conv_hook(module: nn.Conv2d, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+        nonlocal total
+        if id(module) in skip:
+            return
+        k_h, k_w = module.kernel_size
+        total += output.numel() * (module.in_channels // module.groups) * k_h * k_w
+
+    def linear_hook(module: nn.Linear, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+        nonlocal total
+        if id(module) not in skip:
+            total += output.numel() * module.in_features
+
+    def bn_hook(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+        nonlocal total
+        total += 2 * output.numel()
+
+    handles = []
+    for module in model.modules():
+        if isinstance(module, (SPLoRAConv2d, SPLoRALinear)):
+            skip.update((id(module.lora_a), id(module.lora_b)))
+        if isinstance(module, nn.Conv2d):
+            handles.append(module.register_forward_hook(conv_hook))
+        elif isinstance(module, nn.Linear):
+            handles.append(module.register_forward_hook(linear_hook))
+        elif isinstance(module, nn.modules.batchnorm._BatchNorm):
+            handles.append(module.register_forward_hook(bn_hook))
+    was_training = model.training
+    parameter = next(model.parameters())
+    try:
+        model.eval()
+        with torch.inference_mode():
+            model(torch.zeros(1, *input_size, device=parameter.device, dtype=parameter.dtype))
+    finally:
+        model.train(was_training)
+        for handle in handles:
+            handle.remove()
+    return total
+
+
+def network_convs(model: nn.Module) -> list[nn.Conv2d]:
+    """Every conv of the network itself (an adapted conv counts as its base conv; adapter factors do not)."""
+    factors = {id(c) for m in model.modules() if isinstance(m, SPLoRAConv2d) for c in (m.lora_a, m.lora_b)}
+    return [m for m in model.modules() if isinstance(m, nn.Conv2d) and id(m) not in factors]
+
+
+def conv_channels(model: nn.Module) -> int:
+    """Output channels summed over every conv of the network (stem, block and downsample convs)."""
+    return sum(conv.out_channels for conv in network_convs(model))
+
+
+def density(model: nn.Module, reference_channels: int) -> float:
+    """Remaining fraction of conv output channels, against the unpruned network's ``conv_channels``."""
+    return conv_channels(model) / reference_channels
