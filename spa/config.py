@@ -132,7 +132,8 @@ class OptimConfig:
             f"lr_schedule={self.lr_schedule!r} is not allowed; allowed: {', '.join(LR_SCHEDULES)}",
         )
         _require(
-            _is_int(self.epochs) and self.epochs >= 0, f"epochs={self.epochs!r} is not allowed; allowed: an integer >= 0"
+            _is_int(self.epochs) and self.epochs >= 0,
+            f"epochs={self.epochs!r} is not allowed; allowed: an integer >= 0",
         )
         _require(
             _is_int(self.recovery_epochs) and self.recovery_epochs >= 0,
@@ -159,7 +160,9 @@ class PruneConfig:
             _is_number(self.final_density) and 0 < self.final_density <= 1,
             f"final_density={self.final_density!r} is not allowed; allowed: a number in (0, 1]",
         )
-        _require(_is_int(self.steps) and self.steps >= 0, f"steps={self.steps!r} is not allowed; allowed: an integer >= 0")
+        _require(
+            _is_int(self.steps) and self.steps >= 0, f"steps={self.steps!r} is not allowed; allowed: an integer >= 0"
+        )
         _require(
             self.shape in SCHEDULE_SHAPES,
             f"shape={self.shape!r} is not allowed; allowed: {', '.join(SCHEDULE_SHAPES)}",

@@ -75,7 +75,9 @@ def _use_cifar_stem(model: nn.Module) -> None:
 def load_backbone_state(path: str | Path) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.is_file():
-        raise WeightsError(f"weights file {str(path)!r} does not exist; allowed: 'imagenet', 'none' or a state-dict path")
+        raise WeightsError(
+            f"weights file {str(path)!r} does not exist; allowed: 'imagenet', 'none' or a state-dict path"
+        )
     state = torch.load(path, map_location="cpu", weights_only=True)
     if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
         state = state["model"]
@@ -86,6 +88,10 @@ def load_backbone_state(path: str | Path) -> dict[str, torch.Tensor]:
 
 def _load_without_head(model: nn.Module, state: dict[str, torch.Tensor], source: object) -> None:
     body = {k: v for k, v in state.items() if not k.startswith("fc.")}
+    own = model.state_dict()
+    mismatched = [k for k, v in body.items() if k in own and own[k].shape != v.shape]
+    if mismatched:
+        raise WeightsError(f"weights {source} do not fit this architecture: shape mismatch at {mismatched[:3]}")
     missing, unexpected = model.load_state_dict(body, strict=False)
     missing = [k for k in missing if not k.startswith("fc.")]
     if missing or unexpected:

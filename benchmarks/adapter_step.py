@@ -1,0 +1,103 @@
+"""Training-step time of SPLoRA vs fine-tuning vs the reference package's SPLoRA, side by side in one run.
+
+ResNet-18 with the CIFAR stem, batch 32, 32 px, 2 threads by default. The three variants are timed interleaved (round-robin), so
+machine noise hits all of them alike; the ratios of the medians are what to compare, never absolute times.
+
+Last line: ``splora_vs_finetune=R1 splora_vs_reference=R2``. Goal: R1 <= 0.60, R2 <= 0.50.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from spa.adapters import add_splora
+from spa.models import build_resnet
+
+
+def reference_splora(model: nn.Module, rank: int, init_range: float) -> nn.Module:
+    """The same network with the `sp_adapters` package's SPLoRA convs (W + dW materialised each forward)."""
+    from sp_adapters import SPLoRAConv2d as ReferenceConv2d
+
+    for name, module in list(model.named_modules()):
+        if isinstance(module, nn.Conv2d):
+            parent_name, _, child = name.rpartition(".")
+            parent = model.get_submodule(parent_name) if parent_name else model
+            setattr(parent, child, ReferenceConv2d.from_module(module, rank=rank, init_range=init_range))
+    for parameter in model.parameters():
+        parameter.requires_grad = False
+    for module in model.modules():
+        if hasattr(module, "adapter"):
+            module.adapter.requires_grad_(True)
+        if isinstance(module, nn.BatchNorm2d):
+            module.requires_grad_(True)
+    model.fc.requires_grad_(True)
+    return model
+
+
+def make_step(model: nn.Module, batch: int, size: int, classes: int) -> Callable[[], None]:
+    model.train()
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-3, momentum=0.9)
+    x = torch.randn(batch, 3, size, size)
+    y = torch.randint(0, classes, (batch,))
+    loss_fn = nn.CrossEntropyLoss()
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        loss_fn(model(x), y).backward()
+        optimizer.step()
+
+    return step
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--arch", default="resnet18", help="architecture (default: resnet18)")
+    parser.add_argument("--batch-size", type=int, default=32, help="batch size (default: 32)")
+    parser.add_argument("--size", type=int, default=32, help="input size in px (default: 32)")
+    parser.add_argument(
+        "--stem",
+        choices=("cifar", "imagenet"),
+        default="cifar",
+        help="cifar: 3x3/1 stem, no max-pool, as the paper's 32 px runs; imagenet: 7x7/2 + max-pool (default: cifar)",
+    )
+    parser.add_argument("--rank", type=int, default=8, help="SPLoRA rank (default: 8)")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads (default: 2)")
+    parser.add_argument("--rounds", type=int, default=15, help="timed rounds per variant (default: 15)")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed rounds first (default: 3)")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    classes = 10
+    cifar_stem = args.stem == "cifar"
+    variants = {
+        "finetune": build_resnet(args.arch, classes, cifar_stem=cifar_stem),
+        "splora": add_splora(build_resnet(args.arch, classes, cifar_stem=cifar_stem), args.rank, 1e-3),
+        "reference": reference_splora(build_resnet(args.arch, classes, cifar_stem=cifar_stem), args.rank, 1e-3),
+    }
+    steps = {name: make_step(model, args.batch_size, args.size, classes) for name, model in variants.items()}
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    for round_index in range(args.warmup + args.rounds):
+        for name, step in steps.items():
+            start = time.perf_counter()
+            step()
+            elapsed = time.perf_counter() - start
+            if round_index >= args.warmup:
+                times[name].append(elapsed)
+    medians = {name: statistics.median(values) for name, values in times.items()}
+    for name, value in medians.items():
+        print(f"{name:>10}: median step {value * 1e3:7.1f} ms over {len(times[name])} rounds")
+    r1 = medians["splora"] / medians["finetune"]
+    r2 = medians["splora"] / medians["reference"]
+    print(f"reference_vs_finetune={medians['reference'] / medians['finetune']:.2f}")
+    print(f"splora_vs_finetune={r1:.2f} splora_vs_reference={r2:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
