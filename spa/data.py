@@ -1,0 +1,498 @@
+"""Datasets as train / val / test splits, and their loaders.
+
+The val split is carved from the training data (seeded by the run seed, default 10 %) and is what a study
+optimises; the test split is only reported, never used to choose anything (the reference chose hyperparameters
+on the test set). Val and test loaders keep every sample: no shuffle, no ``drop_last`` (the reference's test
+loader dropped its last partial batch).
+
+Datasets (``dataset_names()``):
+
+- ``digits-source`` / ``digits``: scikit-learn's bundled handwritten digits (1,797 real 8x8 images that ship
+  inside the package, so everything works offline). ``digits-source`` holds digits 0-4 (labels 0..4), on which
+  the harness pretrains a backbone; ``digits`` holds digits 5-9 relabelled 0..4, the transfer target. Images are
+  upsampled bilinearly to 32x32, scaled from 0..16 to 0..1, copied to 3 channels and normalised with ImageNet
+  mean/std, so the ImageNet-derived LRP z-box bounds (-2.1179 .. 2.64) hold. They are rendered once and kept in
+  memory. The 80/20 train/test split is stratified with a fixed seed (independent of the run seed), so the
+  test set never changes across seeds. Training augmentation: a random shift of up to 2 px (half a source
+  pixel), filled with the blank background. ``cifar_stem`` is False: the plain 7x7/2 stem and max-pool shrink
+  32x32 inputs to 8x8 before the first block, 16x fewer FLOPs than the CIFAR stem, which keeps CPU studies cheap
+  and is plenty for 8x8-pixel digits.
+- ``cifar10``, ``cifar100`` (32 px, CIFAR stem) and ``fashion-mnist`` (28 px grayscale padded to 32 px, copied
+  to 3 channels, CIFAR stem): train RandomCrop(32, padding=4) + horizontal flip.
+- ``flowers102``, ``stanford-cars`` and ``imagefolder:PATH`` (any class-per-folder set, e.g. Cats&Dogs; uses
+  PATH/train and PATH/test when both exist, else a fixed-seed stratified 80/20 split of PATH): 224 px, train
+  RandomResizedCrop(224) + horizontal flip, eval Resize(256) + CenterCrop(224).
+
+Every set is normalised with ImageNet mean/std, since the pretrained weights are ImageNet's. torchvision sets
+live under ``data_dir`` (default ``$SPA_DATA_DIR`` or ``~/.cache/spa/data``) and are downloaded only when asked
+(``download=True``); a missing one raises a one-line ``DataError`` saying where to put it.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset, Subset
+from torchvision import datasets as tv_datasets
+from torchvision import transforms as T
+
+__all__ = [
+    "DataError",
+    "DatasetInfo",
+    "Splits",
+    "Loaders",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "DigitsDataset",
+    "dataset_names",
+    "default_data_dir",
+    "load_splits",
+    "make_loaders",
+    "score_loader",
+]
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+# The train/test split of sets without an official one (digits, a flat image folder) uses this seed, never the
+# run seed, so the test set is the same for every run.
+TEST_SPLIT_SEED = 0
+TEST_FRACTION = 0.2
+DIGITS_MAX_SHIFT = 2  # px at 32x32: half a pixel of the 8x8 source image
+IMAGEFOLDER_PREFIX = "imagefolder:"
+
+
+class DataError(ValueError):
+    """A dataset that cannot be loaded (unknown name, missing files); the message is one line."""
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    name: str
+    num_classes: int
+    input_size: tuple[int, int, int]  # (C, H, W) of one model input
+    cifar_stem: bool  # a 3x3/1 stem without max-pool suits these inputs
+    mean: tuple[float, float, float] = IMAGENET_MEAN  # the normalisation applied to the inputs
+    std: tuple[float, float, float] = IMAGENET_STD
+
+
+@dataclass
+class Splits:
+    train: Dataset  # with training augmentation
+    val: Dataset  # carved from the training data, eval transforms: what studies optimise
+    test: Dataset  # eval transforms; only reported
+    info: DatasetInfo
+    train_eval: Dataset | None = None  # the train samples with eval transforms (for channel scoring)
+
+
+@dataclass
+class Loaders:
+    train: DataLoader
+    val: DataLoader
+    test: DataLoader
+    info: DatasetInfo
+
+
+# --------------------------------------------------------------------------------------------------- helpers
+
+
+def _one_line(text: object) -> str:
+    return " ".join(str(text).split())
+
+
+def _val_count(n: int, val_fraction: float) -> int:
+    if n < 2:
+        raise DataError(f"cannot carve a val split from {n} training sample(s); need at least 2")
+    return min(max(round(val_fraction * n), 1), n - 1)
+
+
+def _carve_val(n: int, val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """(train, val) positions in ``range(n)``: a seeded random ``val_fraction`` is val; both sorted."""
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
+    n_val = _val_count(n, val_fraction)
+    return sorted(order[n_val:]), sorted(order[:n_val])
+
+
+def _stratified_test_split(labels: Sequence[int], test_fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """(train, test) positions: ``round(test_fraction * n_c)`` of each class's n_c samples go to test."""
+    labels_t = torch.as_tensor(list(labels))
+    generator = torch.Generator().manual_seed(seed)
+    train: list[int] = []
+    test: list[int] = []
+    for label in torch.unique(labels_t).tolist():  # sorted, so the draw order is fixed
+        members = torch.nonzero(labels_t == label).flatten()
+        members = members[torch.randperm(len(members), generator=generator)].tolist()
+        n_test = round(test_fraction * len(members))
+        test += members[:n_test]
+        train += members[n_test:]
+    return sorted(train), sorted(test)
+
+
+class _Transformed(Dataset):
+    """A view of ``base`` (which returns ``(image, label)`` untransformed) with its own transform.
+
+    One base object serves a train view (augmented) and an eval view over the same files or arrays, so
+    in-memory sets such as CIFAR are held once.
+    """
+
+    def __init__(self, base: Dataset, transform: Callable) -> None:
+        self.base = base
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.base)  # type: ignore[arg-type]
+
+    def __getitem__(self, index: int):
+        image, label = self.base[index]
+        return self.transform(image), label
+
+
+# ---------------------------------------------------------------------------------------------------- digits
+
+
+class DigitsDataset(Dataset):
+    """In-memory rendered digits: ``images`` (N, 3, 32, 32) float32, ``labels`` (N,) int64.
+
+    ``source_indices`` (N,) are the rows of scikit-learn's ``load_digits()`` the samples came from.
+    ``max_shift > 0`` shifts each item by a random offset in [-max_shift, max_shift] px per axis (torch's global
+    RNG, as torchvision's random transforms), filling with ``fill`` (the normalised blank pixel, per channel).
+    """
+
+    def __init__(
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        source_indices: torch.Tensor,
+        *,
+        max_shift: int = 0,
+        fill: Sequence[float] = (0.0, 0.0, 0.0),
+    ) -> None:
+        self.images = images
+        self.labels = labels
+        self.source_indices = source_indices
+        self.max_shift = max_shift
+        if max_shift > 0:
+            n, c, h, w = images.shape
+            s = max_shift
+            fill_t = torch.tensor(fill, dtype=images.dtype).view(1, c, 1, 1)
+            padded = fill_t.expand(n, c, h + 2 * s, w + 2 * s).clone()  # (N, C, H + 2s, W + 2s)
+            padded[:, :, s : s + h, s : s + w] = images
+            self._padded = padded
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.max_shift == 0:
+            return self.images[index], self.labels[index]
+        _, h, w = self.images.shape[1:]
+        dy, dx = torch.randint(0, 2 * self.max_shift + 1, (2,)).tolist()
+        return self._padded[index, :, dy : dy + h, dx : dx + w], self.labels[index]
+
+
+def _read_digits() -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's digits: images (1797, 8, 8) in 0..16 and targets (1797,).
+
+    Reads the CSV that ships inside scikit-learn directly (what ``load_digits`` reads): importing
+    ``sklearn.datasets`` costs most of a second, the file a few milliseconds. Falls back to ``load_digits``.
+    """
+    spec = importlib.util.find_spec("sklearn")
+    if spec is None:
+        raise DataError("dataset 'digits' needs scikit-learn, which is not installed: pip install scikit-learn")
+    if spec.submodule_search_locations:
+        path = Path(next(iter(spec.submodule_search_locations))) / "datasets" / "data" / "digits.csv.gz"
+        if path.is_file():
+            data = np.loadtxt(path, delimiter=",")
+            return data[:, :-1].reshape(-1, 8, 8), data[:, -1].astype(np.int64)
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    return bunch.images, bunch.target.astype(np.int64)
+
+
+@functools.lru_cache(maxsize=1)
+def _rendered_digits() -> tuple[torch.Tensor, torch.Tensor]:
+    """All digits rendered once: images (N, 3, 32, 32) normalised float32, targets (N,) int64 (0..9)."""
+    raw, targets = _read_digits()
+    images = torch.from_numpy(raw).float().div(16.0).unsqueeze(1)  # (N, 1, 8, 8) in 0..1
+    images = F.interpolate(images, size=(32, 32), mode="bilinear", align_corners=False)  # stays in 0..1
+    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    images = ((images.expand(-1, 3, -1, -1) - mean) / std).contiguous()  # (N, 3, 32, 32)
+    return images, torch.from_numpy(targets)
+
+
+def _digits_splits(info: DatasetInfo, first_digit: int, *, val_fraction: float, seed: int) -> Splits:
+    images, targets = _rendered_digits()
+    train_part, test = _stratified_test_split(targets.tolist(), TEST_FRACTION, TEST_SPLIT_SEED)
+    digits = range(first_digit, first_digit + info.num_classes)
+
+    def of_task(rows: list[int]) -> torch.Tensor:
+        rows_t = torch.tensor(rows, dtype=torch.int64)
+        return rows_t[torch.isin(targets[rows_t], torch.tensor(list(digits)))]
+
+    train_part_t, test_t = of_task(train_part), of_task(test)
+    train_pos, val_pos = _carve_val(len(train_part_t), val_fraction, seed)
+    blank = tuple(-m / s for m, s in zip(IMAGENET_MEAN, IMAGENET_STD, strict=True))
+
+    def dataset(rows: torch.Tensor, max_shift: int = 0) -> DigitsDataset:
+        return DigitsDataset(images[rows], targets[rows] - first_digit, rows, max_shift=max_shift, fill=blank)
+
+    train_rows = train_part_t[train_pos]
+    return Splits(
+        train=dataset(train_rows, DIGITS_MAX_SHIFT),
+        val=dataset(train_part_t[val_pos]),
+        test=dataset(test_t),
+        info=info,
+        train_eval=dataset(train_rows),
+    )
+
+
+# ----------------------------------------------------------------------------------------------- torchvision
+
+
+def _normalize() -> T.Normalize:
+    return T.Normalize(IMAGENET_MEAN, IMAGENET_STD)
+
+
+def _transforms_32(grayscale: bool = False) -> tuple[Callable, Callable]:
+    prefix = [T.Grayscale(num_output_channels=3), T.Pad(2)] if grayscale else []  # 28 px -> 32 px, 3 channels
+    train = T.Compose([*prefix, T.RandomCrop(32, padding=4), T.RandomHorizontalFlip(), T.ToTensor(), _normalize()])
+    return train, T.Compose([*prefix, T.ToTensor(), _normalize()])
+
+
+def _transforms_224() -> tuple[Callable, Callable]:
+    train = T.Compose([T.RandomResizedCrop(224), T.RandomHorizontalFlip(), T.ToTensor(), _normalize()])
+    return train, T.Compose([T.Resize(256), T.CenterCrop(224), T.ToTensor(), _normalize()])
+
+
+def _splits_from_bases(
+    info: DatasetInfo,
+    train_base: Dataset,
+    test_base: Dataset,
+    transforms: tuple[Callable, Callable],
+    *,
+    val_fraction: float,
+    seed: int,
+) -> Splits:
+    """Train/val from ``train_base`` (val seeded, eval transforms), test from ``test_base``."""
+    train_transform, eval_transform = transforms
+    train_pos, val_pos = _carve_val(len(train_base), val_fraction, seed)  # type: ignore[arg-type]
+    augmented = _Transformed(train_base, train_transform)
+    plain = _Transformed(train_base, eval_transform)
+    return Splits(
+        train=Subset(augmented, train_pos),
+        val=Subset(plain, val_pos),
+        test=_Transformed(test_base, eval_transform),
+        info=info,
+        train_eval=Subset(plain, train_pos),
+    )
+
+
+@dataclass(frozen=True)
+class _TorchvisionSet:
+    folder: str  # where torchvision looks for the files, relative to data_dir
+    build: Callable[[str, bool, bool], Dataset]  # (root, train, download) -> dataset returning (PIL, label)
+    transforms: Callable[[], tuple[Callable, Callable]]
+    downloadable: bool = True
+
+
+_TORCHVISION_SETS: dict[str, _TorchvisionSet] = {
+    "cifar10": _TorchvisionSet(
+        "cifar-10-batches-py",
+        lambda root, train, download: tv_datasets.CIFAR10(root, train=train, download=download),
+        _transforms_32,
+    ),
+    "cifar100": _TorchvisionSet(
+        "cifar-100-python",
+        lambda root, train, download: tv_datasets.CIFAR100(root, train=train, download=download),
+        _transforms_32,
+    ),
+    "fashion-mnist": _TorchvisionSet(
+        os.path.join("FashionMNIST", "raw"),
+        lambda root, train, download: tv_datasets.FashionMNIST(root, train=train, download=download),
+        functools.partial(_transforms_32, grayscale=True),
+    ),
+    "flowers102": _TorchvisionSet(
+        "flowers-102",
+        lambda root, train, download: tv_datasets.Flowers102(
+            root, split="train" if train else "test", download=download
+        ),
+        _transforms_224,
+    ),
+    "stanford-cars": _TorchvisionSet(
+        "stanford_cars",
+        lambda root, train, download: tv_datasets.StanfordCars(root, split="train" if train else "test"),
+        _transforms_224,
+        downloadable=False,  # torchvision: "the original URL is broken"
+    ),
+}
+
+
+def default_data_dir() -> Path:
+    """``$SPA_DATA_DIR`` if set, else ``~/.cache/spa/data``."""
+    return Path(os.environ.get("SPA_DATA_DIR") or Path.home() / ".cache" / "spa" / "data").expanduser()
+
+
+def _resolve_data_dir(data_dir: str | os.PathLike | None, download: bool) -> Path:
+    root = default_data_dir() if data_dir is None else Path(data_dir).expanduser()
+    if root.is_dir():
+        return root
+    if root.exists():
+        raise DataError(f"data_dir {str(root)!r} is not a directory")
+    if download:
+        root.mkdir(parents=True, exist_ok=True)
+        return root
+    if data_dir is not None:
+        raise DataError(f"data_dir {str(root)!r} does not exist; create it, pass another, or pass --download")
+    return root  # the default location, not created yet: the missing-dataset message says where to put it
+
+
+def _torchvision_splits(
+    info: DatasetInfo, *, data_dir: str | os.PathLike | None, download: bool, val_fraction: float, seed: int
+) -> Splits:
+    source = _TORCHVISION_SETS[info.name]
+    root = _resolve_data_dir(data_dir, download and source.downloadable)
+    expected = root / source.folder
+    how = "or pass --download (download=True)" if source.downloadable else "(torchvision cannot download it)"
+    missing = f"dataset {info.name!r} not found: expected it at {str(expected)!r}; put it there {how}"
+    if not expected.exists() and not (download and source.downloadable):
+        raise DataError(missing)
+    try:
+        train_base = source.build(str(root), True, download and source.downloadable)
+        test_base = source.build(str(root), False, download and source.downloadable)
+    except RuntimeError as error:  # torchvision: "Dataset not found or corrupted ..." or a failed download
+        raise DataError(f"{missing} ({_one_line(error)})") from error
+    return _splits_from_bases(info, train_base, test_base, source.transforms(), val_fraction=val_fraction, seed=seed)
+
+
+def _image_folder(path: Path) -> tv_datasets.ImageFolder:
+    try:
+        return tv_datasets.ImageFolder(str(path))
+    except (FileNotFoundError, RuntimeError) as error:
+        raise DataError(f"imagefolder {str(path)!r} has no usable class folders: {_one_line(error)}") from error
+
+
+def _imagefolder_splits(name: str, *, val_fraction: float, seed: int) -> Splits:
+    """``imagefolder:PATH``: PATH/train + PATH/test if both exist, else PATH split 80/20 (fixed seed)."""
+    path = Path(name[len(IMAGEFOLDER_PREFIX) :]).expanduser()
+    if not path.is_dir():
+        raise DataError(f"imagefolder directory {str(path)!r} does not exist (dataset {name!r})")
+    if (path / "train").is_dir() and (path / "test").is_dir():
+        train_base, test_base = _image_folder(path / "train"), _image_folder(path / "test")
+        if train_base.classes != test_base.classes:
+            raise DataError(
+                f"imagefolder {str(path)!r}: train classes {train_base.classes} != test classes {test_base.classes}"
+            )
+        classes = train_base.classes
+    else:
+        whole = _image_folder(path)
+        train_pos, test_pos = _stratified_test_split(whole.targets, TEST_FRACTION, TEST_SPLIT_SEED)
+        train_base, test_base, classes = Subset(whole, train_pos), Subset(whole, test_pos), whole.classes
+    if len(classes) < 2:
+        raise DataError(f"imagefolder {str(path)!r} has {len(classes)} class folder(s); need at least 2")
+    info = DatasetInfo(name=name, num_classes=len(classes), input_size=(3, 224, 224), cifar_stem=False)
+    return _splits_from_bases(info, train_base, test_base, _transforms_224(), val_fraction=val_fraction, seed=seed)
+
+
+# -------------------------------------------------------------------------------------------------- registry
+
+_INFOS: dict[str, DatasetInfo] = {
+    info.name: info
+    for info in (
+        DatasetInfo("digits", 5, (3, 32, 32), cifar_stem=False),
+        DatasetInfo("digits-source", 5, (3, 32, 32), cifar_stem=False),
+        DatasetInfo("cifar10", 10, (3, 32, 32), cifar_stem=True),
+        DatasetInfo("cifar100", 100, (3, 32, 32), cifar_stem=True),
+        DatasetInfo("fashion-mnist", 10, (3, 32, 32), cifar_stem=True),
+        DatasetInfo("flowers102", 102, (3, 224, 224), cifar_stem=False),
+        DatasetInfo("stanford-cars", 196, (3, 224, 224), cifar_stem=False),
+    )
+}
+_DIGITS_FIRST = {"digits-source": 0, "digits": 5}
+
+
+def dataset_names() -> list[str]:
+    """The registered dataset names; ``imagefolder:PATH`` is accepted as well."""
+    return list(_INFOS)
+
+
+def load_splits(
+    name: str,
+    *,
+    data_dir: str | os.PathLike | None = None,
+    download: bool = False,
+    val_fraction: float = 0.1,
+    seed: int = 0,
+) -> Splits:
+    """Train / val / test splits of dataset ``name``; val is a ``seed``-ed ``val_fraction`` of the training data.
+
+    ``data_dir`` (torchvision sets only; default ``default_data_dir()``) must exist unless ``download`` is set.
+    Raises ``DataError`` (one line) for an unknown name, a missing directory or a missing dataset.
+    """
+    if not (isinstance(val_fraction, (int, float)) and 0 < val_fraction < 1):
+        raise DataError(f"val_fraction={val_fraction!r} is not allowed; allowed: a number in (0, 1)")
+    if isinstance(name, str) and name.startswith(IMAGEFOLDER_PREFIX):
+        return _imagefolder_splits(name, val_fraction=val_fraction, seed=seed)
+    if name not in _INFOS:
+        allowed = ", ".join([*_INFOS, IMAGEFOLDER_PREFIX + "PATH"])
+        raise DataError(f"unknown dataset {name!r}; allowed: {allowed}")
+    info = _INFOS[name]
+    if name in _DIGITS_FIRST:
+        return _digits_splits(info, _DIGITS_FIRST[name], val_fraction=val_fraction, seed=seed)
+    return _torchvision_splits(info, data_dir=data_dir, download=download, val_fraction=val_fraction, seed=seed)
+
+
+# --------------------------------------------------------------------------------------------------- loaders
+
+
+def make_loaders(
+    splits: Splits, *, batch_size: int, num_workers: int = 0, seed: int = 0, pin_memory: bool = False
+) -> Loaders:
+    """Loaders for the three splits.
+
+    train: shuffled by a ``seed``-ed generator (the same seed gives the same order, epoch after epoch); its last
+    batch is dropped only when it would hold a single sample, since BatchNorm cannot train on a batch of one.
+    val / test: in order, every sample kept.
+    """
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise DataError(f"batch_size={batch_size!r} is not allowed; allowed: an integer >= 1")
+    common = dict(num_workers=num_workers, pin_memory=pin_memory, persistent_workers=num_workers > 0)
+    n_train = len(splits.train)  # type: ignore[arg-type]
+    lone_last = n_train > 1 and batch_size > 1 and n_train % batch_size == 1
+    train = DataLoader(
+        splits.train,
+        batch_size=batch_size,
+        shuffle=True,
+        drop_last=lone_last,
+        generator=torch.Generator().manual_seed(seed),
+        **common,
+    )
+    val = DataLoader(splits.val, batch_size=batch_size, shuffle=False, drop_last=False, **common)
+    test = DataLoader(splits.test, batch_size=batch_size, shuffle=False, drop_last=False, **common)
+    return Loaders(train=train, val=val, test=test, info=splits.info)
+
+
+def score_loader(splits: Splits, *, batch_size: int, num_workers: int = 0, pin_memory: bool = False) -> DataLoader:
+    """One deterministic pass over the training samples: eval transforms, in order, every sample kept.
+
+    For channel scoring, which should not depend on augmentation draws or shuffle order.
+    """
+    if splits.train_eval is None:
+        raise DataError(f"splits of {splits.info.name!r} carry no train_eval dataset to score on")
+    return DataLoader(
+        splits.train_eval,
+        batch_size=batch_size,
+        shuffle=False,
+        drop_last=False,
+        num_workers=num_workers,
+        pin_memory=pin_memory,
+    )
