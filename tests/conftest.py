@@ -8,4 +8,14 @@ os.environ.setdefault("TORCH_HOME", os.path.join(os.path.dirname(__file__), ".to
 
 import torch  # noqa: E402
 
-torch.set_num_threads(2)
+# One thread: on a shared 2-core machine, OpenMP spin-waiting across processes makes 2 threads far slower.
+torch.set_num_threads(1)
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def spa_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """One cache of pretrained backbones for the whole test session (pretraining runs once)."""
+    return str(tmp_path_factory.mktemp("spa-cache"))
