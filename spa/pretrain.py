@@ -1,0 +1,81 @@
+"""The offline source task: a backbone pretrained once on digits 0-4, cached on disk, reused by every trial.
+
+Transfer learning needs a pretrained network; offline there are no ImageNet weights, so the harness makes its
+own on the source half of scikit-learn's digits. The file name is a hash of every setting that changes the
+weights, and concurrent trials take a file lock so only one of them trains it.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+__all__ = ["PretrainConfig", "default_cache_dir", "pretrained_backbone"]
+
+SOURCE_DATASET = "digits-source"
+_RECIPE_VERSION = 1  # bump when the training recipe below changes
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    arch: str = "resnet18"
+    epochs: int = 8
+    lr: float = 0.05
+    batch_size: int = 32
+    seed: int = 0
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("SPA_CACHE_DIR", Path.home() / ".cache" / "spa"))
+
+
+def _cache_key(config: PretrainConfig) -> str:
+    payload = json.dumps({**asdict(config), "dataset": SOURCE_DATASET, "recipe": _RECIPE_VERSION}, sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def pretrained_backbone(
+    config: PretrainConfig, cache_dir: str | Path | None = None, *, threads: int | None = None
+) -> Path:
+    """Path of the backbone state dict for ``config``, training it first if no cached copy exists."""
+    directory = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    directory = directory / "backbones"
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"{config.arch}-digits-source-{_cache_key(config)}.pt"
+    if path.is_file():
+        return path
+    with open(directory / f".{path.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # another trial may be training it right now: wait for it
+        if not path.is_file():
+            state = _train_source(config, threads)
+            partial = path.with_suffix(".partial")
+            torch.save(state, partial)
+            os.replace(partial, path)
+    return path
+
+
+def _train_source(config: PretrainConfig, threads: int | None) -> dict[str, torch.Tensor]:
+    # Imported here: the experiment module imports this one, and the source task reuses its training loop.
+    from spa.data import load_splits, make_loaders
+    from spa.experiment import build_optimizer, build_scheduler, seed_everything, train_one_epoch
+    from spa.models import build_resnet
+
+    if threads is not None:
+        torch.set_num_threads(threads)
+    seed_everything(config.seed)
+    splits = load_splits(SOURCE_DATASET, seed=config.seed)
+    loaders = make_loaders(splits, batch_size=config.batch_size, seed=config.seed)
+    model = build_resnet(config.arch, splits.info.num_classes, cifar_stem=splits.info.cifar_stem)
+    optimizer = build_optimizer(model, "sgd", lr=config.lr, momentum=0.9, weight_decay=5e-4)
+    scheduler = build_scheduler(optimizer, "cosine", config.epochs)
+    device = torch.device("cpu")
+    for epoch in range(config.epochs):
+        train_one_epoch(model, loaders.train, optimizer, device, seed=config.seed * 1_000_003 + epoch)
+        scheduler.step()
+    return {k: v.detach().cpu() for k, v in model.state_dict().items()}
