@@ -15,7 +15,7 @@ import random
 import tempfile
 import time
 from collections.abc import Callable, Iterable
-from contextlib import nullcontext
+from contextlib import ExitStack, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -210,7 +210,8 @@ def run_experiment(
     """Run the experiment; returns one metrics row per reported step (step 0 = trained, unpruned).
 
     ``report(metrics, checkpoint_dir)`` is called after every step with a directory holding that step's
-    checkpoint (under ``checkpoint_root``, a temporary directory by default, owned by the caller after the call).
+    checkpoint under ``checkpoint_root``. Without a ``checkpoint_root`` the checkpoints live in a temporary directory
+    that is removed when the experiment ends: copy what you need during the callback (``tune.report`` does).
     ``resume_from`` is such a directory: the experiment continues with the next step and repeats no work.
     """
     log = log or (lambda message: None)
@@ -253,79 +254,88 @@ def run_experiment(
     if device.type == "cuda":
         model.to(memory_format=torch.channels_last)
 
-    root = Path(checkpoint_root) if checkpoint_root is not None else Path(tempfile.mkdtemp(prefix="spa-ckpt-"))
-    epochs_done = int(history[-1]["epoch"]) if history else 0
+    with ExitStack() as cleanup:
+        if checkpoint_root is None:
+            root = Path(cleanup.enter_context(tempfile.TemporaryDirectory(prefix="spa-ckpt-")))
+        else:
+            root = Path(checkpoint_root)
+        epochs_done = int(history[-1]["epoch"]) if history else 0
 
-    def train_phase(step: int, epochs: int) -> float:
-        nonlocal epochs_done
-        optim = config.optim
-        optimizer = build_optimizer(
-            model, optim.optimizer, lr=optim.lr, momentum=optim.momentum, weight_decay=optim.weight_decay
-        )
-        scheduler = build_scheduler(optimizer, optim.lr_schedule, epochs)
-        loss = float("nan")
-        for epoch in range(epochs):
-            started = time.perf_counter()
-            loss = train_one_epoch(
-                model, loaders.train, optimizer, device, seed=_phase_seed(runtime.seed, step, epoch), bf16=runtime.bf16
+        def train_phase(step: int, epochs: int) -> float:
+            nonlocal epochs_done
+            optim = config.optim
+            optimizer = build_optimizer(
+                model, optim.optimizer, lr=optim.lr, momentum=optim.momentum, weight_decay=optim.weight_decay
             )
-            scheduler.step()
-            epochs_done += 1
-            log(f"step {step} epoch {epoch + 1}/{epochs}: loss {loss:.4f} ({time.perf_counter() - started:.1f}s)")
-        return loss
+            scheduler = build_scheduler(optimizer, optim.lr_schedule, epochs)
+            loss = float("nan")
+            for epoch in range(epochs):
+                started = time.perf_counter()
+                loss = train_one_epoch(
+                    model,
+                    loaders.train,
+                    optimizer,
+                    device,
+                    seed=_phase_seed(runtime.seed, step, epoch),
+                    bf16=runtime.bf16,
+                )
+                scheduler.step()
+                epochs_done += 1
+                log(f"step {step} epoch {epoch + 1}/{epochs}: loss {loss:.4f} ({time.perf_counter() - started:.1f}s)")
+            return loss
 
-    def finish_step(step: int, density: float, loss: float, pruned_accuracy: float | None) -> dict[str, float]:
-        val_accuracy = evaluate(model, loaders.val, device)
-        counts = {
-            "learned_params": counting.learned_parameters(model),
-            "params": counting.total_parameters(model),
-            "flops": counting.flops(model, info.input_size),
-        }
-        metrics = {
-            "step": step,
-            "density": counting.conv_channels(model) / reference_channels,
-            "target_density": density,
-            "val_accuracy": val_accuracy,
-            "test_accuracy": evaluate(model, loaders.test, device),
-            **counts,
-            "epoch": epochs_done,
-            "train_loss": loss,
-            # Before recovery training; at step 0 nothing was pruned, so it is the trained accuracy itself.
-            "val_accuracy_pruned": val_accuracy if pruned_accuracy is None else pruned_accuracy,
-        }
-        history.append(metrics)
-        directory = root / f"step_{step:03d}"
-        save_checkpoint(directory, model, {"step": step, "history": history, "config": config.to_flat()})
-        log(
-            f"step {step}: density {metrics['density']:.3f} val {metrics['val_accuracy']:.4f} "
-            f"test {metrics['test_accuracy']:.4f} learned {metrics['learned_params']:,}"
-        )
-        if report is not None:
-            report(dict(metrics), str(directory))
-        return metrics
+        def finish_step(step: int, density: float, loss: float, pruned_accuracy: float | None) -> dict[str, float]:
+            val_accuracy = evaluate(model, loaders.val, device)
+            counts = {
+                "learned_params": counting.learned_parameters(model),
+                "params": counting.total_parameters(model),
+                "flops": counting.flops(model, info.input_size),
+            }
+            metrics = {
+                "step": step,
+                "density": counting.conv_channels(model) / reference_channels,
+                "target_density": density,
+                "val_accuracy": val_accuracy,
+                "test_accuracy": evaluate(model, loaders.test, device),
+                **counts,
+                "epoch": epochs_done,
+                "train_loss": loss,
+                # Before recovery training; at step 0 nothing was pruned, so it is the trained accuracy itself.
+                "val_accuracy_pruned": val_accuracy if pruned_accuracy is None else pruned_accuracy,
+            }
+            history.append(metrics)
+            directory = root / f"step_{step:03d}"
+            save_checkpoint(directory, model, {"step": step, "history": history, "config": config.to_flat()})
+            log(
+                f"step {step}: density {metrics['density']:.3f} val {metrics['val_accuracy']:.4f} "
+                f"test {metrics['test_accuracy']:.4f} learned {metrics['learned_params']:,}"
+            )
+            if report is not None:
+                report(dict(metrics), str(directory))
+            return metrics
 
-    if start_step == 0:
-        loss = train_phase(0, config.optim.epochs)
-        finish_step(0, 1.0, loss, None)
-        start_step = 1
+        if start_step == 0:
+            loss = train_phase(0, config.optim.epochs)
+            finish_step(0, 1.0, loss, None)
+            start_step = 1
 
-    for step in range(start_step, len(densities) + 1):
-        density = densities[step - 1]
-        scores = score_channels(
-            model,
-            scoring_loader,
-            config.prune.criterion,
-            norm=config.prune.norm,
-            device=device,
-            max_batches=config.prune.max_score_batches,
-        )
-        model.to("cpu")  # the dependency graph is traced on the CPU
-        prune_to_density(model, scores, density, reference_channels, example_input)
-        model.to(device)
-        pruned_accuracy = evaluate(model, loaders.val, device)
-        loss = train_phase(step, config.optim.recovery_epochs)
-        finish_step(step, density, loss, pruned_accuracy)
-    return history
+        for step in range(start_step, len(densities) + 1):
+            density = densities[step - 1]
+            scores = score_channels(
+                model,
+                scoring_loader,
+                config.prune.criterion,
+                norm=config.prune.norm,
+                device=device,
+                max_batches=config.prune.max_score_batches,
+            )
+            model.to("cpu")  # the dependency graph is traced on the CPU
+            prune_to_density(model, scores, density, reference_channels, example_input)
+            model.to(device)
+            pruned_accuracy = evaluate(model, loaders.val, device)
+            loss = train_phase(step, config.optim.recovery_epochs)
+            finish_step(step, density, loss, pruned_accuracy)
+        return history
 
 
 def metrics_table(rows: list[dict[str, Any]], columns: Iterable[str] = METRIC_NAMES) -> str:

@@ -58,6 +58,10 @@ def test_learned_parameters_fall_step_by_step(splora_run) -> None:
 
 def test_every_metric_reported_every_step(splora_run) -> None:
     _, rows, checkpoints = splora_run
+    from pathlib import Path
+
+    # Without a checkpoint_root the checkpoints were temporary: gone once the experiment returned.
+    assert not any(Path(c).exists() for c in checkpoints)
     assert [row["step"] for row in rows] == [0, 1, 2]
     assert len(checkpoints) == 3
     for row in rows:
@@ -66,12 +70,15 @@ def test_every_metric_reported_every_step(splora_run) -> None:
             assert math.isfinite(row[name]), name
 
 
-def test_resume_after_step_k_equals_uninterrupted(spa_cache_dir: str) -> None:
+def test_resume_after_step_k_equals_uninterrupted(spa_cache_dir: str, tmp_path) -> None:
     config = tiny_config(
         spa_cache_dir, learner="finetune", criterion="taylor", densities=(0.8, 0.6, 0.45), deterministic=True
     )
     checkpoints: list[str] = []
-    full = run_experiment(config, lambda metrics, checkpoint: checkpoints.append(checkpoint))
+    full = run_experiment(
+        config, lambda metrics, checkpoint: checkpoints.append(checkpoint), checkpoint_root=tmp_path / "full"
+    )
+    assert sorted(p.name for p in (tmp_path / "full").iterdir()) == ["step_000", "step_001", "step_002", "step_003"]
     resumed_reports: list[dict[str, float]] = []
     resumed = run_experiment(
         config, lambda metrics, checkpoint: resumed_reports.append(metrics), resume_from=checkpoints[1]
