@@ -1,7 +1,8 @@
 """Training-step time of SPLoRA vs fine-tuning vs the reference package's SPLoRA, side by side in one run.
 
-ResNet-18 with the CIFAR stem, batch 32, 32 px, 2 threads by default. The three variants are timed interleaved (round-robin), so
-machine noise hits all of them alike; the ratios of the medians are what to compare, never absolute times.
+ResNet-18 with the CIFAR stem, batch 32, 32 px, 2 threads by default. The three variants are timed interleaved
+(round-robin), so machine noise hits all of them alike; the ratios of the medians are what to compare, never absolute
+times.
 
 Last line: ``splora_vs_finetune=R1 splora_vs_reference=R2``. Goal: R1 <= 0.60, R2 <= 0.50.
 """
