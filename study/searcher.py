@@ -1,0 +1,137 @@
+"""The study's search algorithm: Ray's ``OptunaSearch`` over a space file, telling Optuna what really happened.
+
+Ray 2.60's ``OptunaSearch`` tells Optuna COMPLETE for any trial that ends without error, so a trial that ASHA
+stopped early enters a multi-objective study (and its front) with values that are not final; and it only logs a
+warning when Optuna refuses a NaN value, leaving the trial RUNNING forever. ``StudySearcher`` judges each trial
+once (``study.outcome.judge``) and tells COMPLETE, PRUNED or FAIL accordingly, with the reason as a user
+attribute. The Optuna study lives in a storage (an SQLite file in the study directory), so it is kept across a
+resume; ``StudySearch`` lets a resumed study ask for more samples than it started with.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import optuna
+from optuna.exceptions import UpdateFinishedTrialError
+from optuna.trial import TrialState
+from ray.tune.search import ConcurrencyLimiter, SearchGenerator
+from ray.tune.search.optuna import OptunaSearch
+
+from study.outcome import COMPLETE, FAILED, PRUNED, TRIAL_NUMBER, judge
+from study.spaces import SearchSpace, suggest
+
+__all__ = ["SAMPLERS", "DefineByRun", "StudySearcher", "StudySearch", "make_sampler", "REASON_ATTRS"]
+
+logger = logging.getLogger(__name__)
+
+SAMPLERS: dict[str, Callable[[int], optuna.samplers.BaseSampler]] = {
+    "tpe": lambda seed: optuna.samplers.TPESampler(seed=seed),
+    "nsga2": lambda seed: optuna.samplers.NSGAIISampler(seed=seed),
+    "random": lambda seed: optuna.samplers.RandomSampler(seed=seed),
+}
+_STATES = {COMPLETE: TrialState.COMPLETE, PRUNED: TrialState.PRUNED, FAILED: TrialState.FAIL}
+# The user attribute of an Optuna trial that says why it is not COMPLETE.
+REASON_ATTRS = {PRUNED: "pruned_because", FAILED: "failed_because"}
+TUNE_TRIAL_ATTR = "tune_trial_id"
+
+
+def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
+    if name not in SAMPLERS:
+        raise ValueError(f"sampler={name!r} is not allowed; allowed: {', '.join(SAMPLERS)}")
+    return SAMPLERS[name](seed)
+
+
+class DefineByRun:
+    """The define-by-run function of a space (a class, not a closure, so the searcher pickles): the trial's flat
+    config is the space's fixed settings, its sampled settings, and the Optuna trial number."""
+
+    def __init__(self, space: SearchSpace) -> None:
+        self.space = space
+
+    def __call__(self, trial: optuna.Trial) -> dict[str, Any]:
+        return {**suggest(self.space, trial), TRIAL_NUMBER: trial.number}
+
+
+class StudySearcher(OptunaSearch):
+    """``OptunaSearch`` that tells Optuna PRUNED for early-stopped trials and FAIL for errors and NaN objectives."""
+
+    def __init__(
+        self,
+        space: SearchSpace,
+        *,
+        sampler: optuna.samplers.BaseSampler,
+        storage: optuna.storages.BaseStorage,
+        study_name: str,
+    ) -> None:
+        super().__init__(
+            space=DefineByRun(space),
+            metric=space.metrics,
+            mode=space.modes,
+            sampler=sampler,
+            study_name=study_name,
+            storage=storage,
+        )
+
+    @property
+    def study(self) -> optuna.Study:
+        return self._ot_study
+
+    def suggest(self, trial_id: str) -> dict[str, Any] | None:
+        config = super().suggest(trial_id)
+        if config:
+            self._ot_trials[trial_id].set_user_attr(TUNE_TRIAL_ATTR, trial_id)
+        return config
+
+    def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False) -> None:
+        if trial_id in self._completed_trials:
+            return
+        ot_trial = self._ot_trials.get(trial_id)
+        if ot_trial is None:
+            logger.warning("trial %s ended but was never asked of Optuna; nothing to tell", trial_id)
+            return
+        outcome = judge(result, self.metric, error=error)
+        try:
+            self._tell(ot_trial.number, outcome.state, outcome.values, outcome.reason)
+        except Exception as exc:  # bookkeeping must never end the study; say so loudly instead
+            logger.error("could not tell Optuna trial %d (%s): %s", ot_trial.number, outcome.state, exc)
+        self._completed_trials.add(trial_id)
+
+    def restore(self, checkpoint_path: str) -> None:
+        super().restore(checkpoint_path)
+        # Trials asked after the last saved experiment state (the driver was killed) are unknown to Tune and will
+        # never run: close them, so the study holds no trial RUNNING forever.
+        known = {ot_trial.number for ot_trial in self._ot_trials.values()}
+        for frozen in self._ot_study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            if frozen.number not in known:
+                self._tell(frozen.number, FAILED, None, "asked by a driver that stopped before Tune recorded the trial")
+
+    def _tell(self, number: int, state: str, values: tuple[float, ...] | None, reason: str | None) -> None:
+        frozen = self._ot_study.get_trials(deepcopy=False)[number]
+        if frozen.state.is_finished():  # told before the driver stopped; the storage already holds the truth
+            return
+        if reason:
+            try:
+                optuna.trial.Trial(self._ot_study, frozen._trial_id).set_user_attr(REASON_ATTRS[state], reason)
+            except UpdateFinishedTrialError:
+                return
+        self._ot_study.tell(number, list(values) if values else None, state=_STATES[state], skip_if_finished=True)
+
+
+class StudySearch(SearchGenerator):
+    """Tune's ``SearchGenerator`` over ``ConcurrencyLimiter(StudySearcher)``; ``num_samples`` raised before a
+    resumed run starts (Tune restores the sample count of the first run) lets the study ask for more trials."""
+
+    def __init__(self, searcher: StudySearcher, *, max_concurrent: int, num_samples: int) -> None:
+        super().__init__(ConcurrencyLimiter(searcher, max_concurrent=max_concurrent))
+        self.num_samples = num_samples
+
+    @property
+    def study_searcher(self) -> StudySearcher:
+        return self.searcher.searcher
+
+    def set_state(self, state: dict) -> None:
+        super().set_state(state)
+        self._total_samples = max(self._total_samples, self.num_samples)

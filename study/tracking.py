@@ -1,0 +1,419 @@
+"""MLflow bookkeeping of a study, as a Tune callback on the driver: the only module that touches MLflow.
+
+One experiment per study (by default), one parent run per study (tag ``study_id``), one child run per trial
+(``mlflow.parentRunId``; tags ``trial_id``, ``trial_number``, ``learner``, ``criterion``, ``node_ip``; params = the
+trial's settings; one metric value per pruning step, MLflow step = pruning step). A trial ends FINISHED,
+KILLED (stopped early by the scheduler: tag ``stopped_by``) or FAILED (tag ``error``), judged as Optuna is told
+(``study.outcome.judge``). Every time a trial ends the Pareto front over the completed trials is rewritten
+(``pareto_front.csv/.html/.png`` and ``pareto_front_steps.csv`` over every measured step, in the study directory
+and as artifacts of the parent run) and the completed runs are tagged ``pareto=true`` or ``false``.
+
+Resuming: Tune restores this callback from the pickled tuner, so it holds plain settings until ``setup``; there it
+finds the parent and child runs of the study in MLflow again, reuses the run of every trial that continues, skips
+steps already logged, and closes runs left RUNNING by a stopped driver whose trial will not continue.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.tracking import MlflowClient
+from ray import cloudpickle
+from ray.tune import Callback
+from ray.tune.experiment import Trial
+
+from spa.config import ConfigError, ExperimentConfig
+from study.outcome import COMPLETE, FAILED, PRUNED, STUDY_KEYS, TRIAL_NUMBER, judge, one_line
+from study.pareto import front_frame, write_front_csv, write_front_html, write_front_png
+from study.report import POINT_COLUMNS, POINT_METRICS, load_points
+from study.trainable import trial_name
+
+__all__ = ["StudyTracker", "FRONT_FILES"]
+
+PARENT_TAG = "mlflow.parentRunId"
+FRONT_FILES = ("pareto_front.csv", "pareto_front.html", "pareto_front.png", "pareto_front_steps.csv")
+_STATUS = {COMPLETE: "FINISHED", PRUNED: "KILLED", FAILED: "FAILED"}
+_LIVE = (Trial.PENDING, Trial.RUNNING, Trial.PAUSED)
+_BATCH = 100  # MLflow's limit of params per log_batch
+
+
+class StudyTracker(Callback):
+    """Records a study in MLflow; see the module docstring."""
+
+    def __init__(
+        self,
+        *,
+        tracking_uri: str,
+        experiment_name: str,
+        study_name: str,
+        study_id: str,
+        study_dir: str | Path,
+        metrics: Sequence[str],
+        modes: Sequence[str],
+        scheduler: str,
+        params: Mapping[str, Any],
+        tags: Mapping[str, str],
+    ) -> None:
+        self.tracking_uri = tracking_uri
+        self.experiment_name = experiment_name
+        self.study_name = study_name
+        self.study_id = study_id
+        self.study_dir = Path(study_dir)
+        self.metrics = list(metrics)
+        self.modes = list(modes)
+        self.scheduler = scheduler
+        self.params = dict(params)
+        self.tags = dict(tags)
+        self._reset()
+
+    def _reset(self) -> None:
+        self._client: MlflowClient | None = None
+        self.experiment_id: str | None = None
+        self.parent_run_id: str | None = None
+        self._runs: dict[str, str] = {}  # trial_id -> run_id
+        self._logged_steps: dict[str, set[int]] = {}  # run_id -> steps logged
+        self._points: dict[tuple[str, int], dict[str, Any]] = {}  # (run_id, step) -> point row
+        self._finals: dict[str, dict[str, Any]] = {}  # run_id -> final point row, completed trials only
+        self._pareto: dict[str, bool] = {}  # run_id -> value of its pareto tag
+        self._started: set[str] = set()  # trial_ids started in this session
+        self._ended: set[str] = set()  # trial_ids recorded as ended in this session
+        self._reconciled = False
+        self._total = 0
+
+    def __getstate__(self) -> dict[str, Any]:  # Tune pickles the tuner: keep settings only
+        state = self.__dict__.copy()
+        for key in [k for k in state if k.startswith("_") or k in ("experiment_id", "parent_run_id")]:
+            del state[key]
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._reset()
+
+    @property
+    def client(self) -> MlflowClient:
+        if self._client is None:
+            self._client = MlflowClient(tracking_uri=self.tracking_uri)
+        return self._client
+
+    # --- Tune hooks ---------------------------------------------------------------------------------------------
+
+    def setup(self, stop=None, num_samples=None, total_num_samples=None, **info) -> None:
+        self._total = int(total_num_samples or num_samples or 0)
+        self.experiment_id = self._experiment()
+        self.parent_run_id = self._parent_run()
+        self._load_children()
+
+    def on_step_begin(self, iteration: int, trials: list[Trial], **info) -> None:
+        if not self._reconciled:
+            self._reconcile(trials)
+
+    def on_trial_start(self, iteration: int, trials: list[Trial], trial: Trial, **info) -> None:
+        if not self._reconciled:
+            self._reconcile(trials)
+        run_id = self._run_of(trial)
+        if self.client.get_run(run_id).info.status != "RUNNING":  # a trial that continues after a resume
+            self.client.update_run(run_id, status="RUNNING")
+            self._delete_tags(run_id, ("interrupted", "stale"))
+        self._started.add(trial.trial_id)
+        self._ended.discard(trial.trial_id)
+
+    def on_trial_result(self, iteration: int, trials: list[Trial], trial: Trial, result: dict, **info) -> None:
+        run_id = self._run_of(trial)
+        step = int(result["step"])
+        logged = self._logged_steps.setdefault(run_id, set())
+        if not logged:
+            node = {"node_ip": result.get("node_ip"), "hostname": result.get("hostname")}
+            self._set_tags(run_id, {k: str(v) for k, v in node.items() if v is not None})
+        if step not in logged:  # a step repeated after a resume was measured the same way: log it once
+            timestamp = int(time.time() * 1000)
+            metrics = [
+                Metric(key, float(result[key]), timestamp, step)
+                for key in POINT_METRICS
+                if isinstance(result.get(key), (int, float))
+            ]
+            self.client.log_batch(run_id, metrics=metrics)
+            logged.add(step)
+        self._points[(run_id, step)] = self._point(trial, run_id, "RUNNING", step, result)
+
+    def on_trial_complete(self, iteration: int, trials: list[Trial], trial: Trial, **info) -> None:
+        self._end(trial, error=False)
+
+    def on_trial_error(self, iteration: int, trials: list[Trial], trial: Trial, **info) -> None:
+        self._end(trial, error=True)
+
+    def on_experiment_end(self, trials: list[Trial], **info) -> None:
+        if self.parent_run_id is None:
+            return
+        # Ctrl-C: Tune stops the running trials as TERMINATED without calling on_trial_complete; they (and trials
+        # not started yet) continue on --resume.
+        unfinished = [
+            t for t in trials if t.status in _LIVE or (t.trial_id in self._started and t.trial_id not in self._ended)
+        ]
+        for trial in unfinished:
+            run_id = self._runs.get(trial.trial_id)
+            if run_id is not None and self.client.get_run(run_id).info.status == "RUNNING":
+                self._set_tags(run_id, {"interrupted": "the driver stopped; --resume continues this trial"})
+                self.client.set_terminated(run_id, "KILLED")
+        self._write_fronts()
+        counts = {state: 0 for state in _STATUS.values()}
+        for run in self._child_runs():
+            counts[run.info.status] = counts.get(run.info.status, 0) + 1
+        self._set_tags(
+            self.parent_run_id,
+            {
+                "trials_finished": str(counts["FINISHED"]),
+                "trials_killed": str(counts["KILLED"]),
+                "trials_failed": str(counts["FAILED"]),
+                "front_size": str(sum(self._pareto.values())),
+            },
+        )
+        interrupted = bool(unfinished) or len(trials) < self._total
+        if interrupted:
+            self._set_tags(self.parent_run_id, {"interrupted": "the driver stopped; --resume continues the study"})
+        else:
+            self._delete_tags(self.parent_run_id, ("interrupted",))
+        self.client.set_terminated(self.parent_run_id, "KILLED" if interrupted else "FINISHED")
+
+    # --- runs ---------------------------------------------------------------------------------------------------
+
+    def _experiment(self) -> str:
+        experiment = self.client.get_experiment_by_name(self.experiment_name)
+        if experiment is None:
+            location = (self.study_dir / "mlartifacts").resolve().as_uri()
+            return self.client.create_experiment(self.experiment_name, artifact_location=location)
+        if experiment.lifecycle_stage != "active":
+            self.client.restore_experiment(experiment.experiment_id)
+        return experiment.experiment_id
+
+    def _parent_run(self) -> str:
+        parents = self.client.search_runs(
+            [self.experiment_id], filter_string=f"tags.study_id = '{self.study_id}' and tags.study_role = 'parent'"
+        )
+        tags = {
+            **self.tags,
+            "study_name": self.study_name,
+            "study_id": self.study_id,
+            "study_role": "parent",
+            "num_samples": str(self._total),
+        }
+        if parents:
+            run_id = parents[0].info.run_id
+            self.client.update_run(run_id, status="RUNNING")
+            self._set_tags(run_id, tags)
+            return run_id
+        run = self.client.create_run(self.experiment_id, tags=tags, run_name=self.study_name)
+        self._log_params(run.info.run_id, self.params)
+        return run.info.run_id
+
+    def _child_runs(self) -> list[Any]:
+        runs, token = [], None
+        while True:
+            page = self.client.search_runs(
+                [self.experiment_id],
+                filter_string=f"tags.`{PARENT_TAG}` = '{self.parent_run_id}'",
+                max_results=1000,
+                page_token=token,
+            )
+            runs += list(page)
+            token = page.token
+            if not token:
+                return runs
+
+    def _load_children(self) -> None:
+        """Rebuild what this study logged before (a resumed study): runs by trial, steps, points and the front."""
+        children = self._child_runs()
+        if not children:
+            return
+        for run in children:
+            trial_id = run.data.tags.get("trial_id")
+            if trial_id:
+                self._runs[trial_id] = run.info.run_id
+            if "pareto" in run.data.tags:
+                self._pareto[run.info.run_id] = run.data.tags["pareto"] == "true"
+        status = {run.info.run_id: run.info.status for run in children}
+        points = load_points(self.client, self.experiment_id, statuses=None)
+        points = points[points["run_id"].isin(status)]
+        for row in points.to_dict("records"):
+            key = (row["run_id"], int(row["step"]))
+            self._points[key] = row
+            self._logged_steps.setdefault(row["run_id"], set()).add(int(row["step"]))
+        for run_id, rows in points.groupby("run_id"):
+            if status[run_id] == "FINISHED":
+                self._finals[run_id] = rows.loc[rows["step"].idxmax()].to_dict()
+
+    def _reconcile(self, trials: Iterable[Trial]) -> None:
+        """Close the runs a stopped driver left RUNNING whose trial will not continue."""
+        self._reconciled = True
+        by_id = {trial.trial_id: trial for trial in trials}
+        for trial_id, run_id in list(self._runs.items()):
+            trial = by_id.get(trial_id)
+            if trial is not None and trial.status in _LIVE:
+                continue
+            if self.client.get_run(run_id).info.status != "RUNNING":
+                continue
+            if trial is not None and trial.status in (Trial.TERMINATED, Trial.ERROR):
+                self._end(trial, error=trial.status == Trial.ERROR)
+            else:
+                self._set_tags(run_id, {"stale": "left RUNNING by a stopped driver; its trial did not continue"})
+                self.client.set_terminated(run_id, "KILLED")
+
+    def _run_of(self, trial: Trial) -> str:
+        run_id = self._runs.get(trial.trial_id)
+        if run_id is not None:
+            return run_id
+        config = dict(trial.config)
+        tags = {
+            PARENT_TAG: self.parent_run_id,
+            "trial_id": trial.trial_id,
+            "study_name": self.study_name,
+            "study_id": self.study_id,
+            "study_role": "trial",
+            "learner": str(config.get("learner", "")),
+            "criterion": str(config.get("criterion", "")),
+        }
+        if TRIAL_NUMBER in config:
+            tags["trial_number"] = str(config[TRIAL_NUMBER])
+        run = self.client.create_run(self.experiment_id, tags=tags, run_name=trial_name(trial))
+        run_id = run.info.run_id
+        self._log_params(run_id, _settings(trial))
+        self._runs[trial.trial_id] = run_id
+        return run_id
+
+    def _end(self, trial: Trial, *, error: bool) -> None:
+        if trial.trial_id in self._ended:
+            return
+        self._ended.add(trial.trial_id)
+        run_id = self._run_of(trial)
+        outcome = judge(trial.last_result, self.metrics, error=error)
+        tags = {"outcome": outcome.state}
+        if outcome.state == PRUNED:
+            tags.update(stopped_by=self.scheduler, stopped_at_step=str(outcome.step), stop_reason=outcome.reason or "")
+        elif outcome.state == FAILED:
+            tags["error"] = _error_line(trial) if error else one_line(outcome.reason)
+        status = _STATUS[outcome.state]
+        for (point_run, _), row in self._points.items():
+            if point_run == run_id:
+                row["status"] = status
+        if outcome.state == COMPLETE:
+            final = self._points.get((run_id, outcome.step)) or self._point(
+                trial, run_id, status, outcome.step, trial.last_result
+            )
+            self._finals[run_id] = final
+        else:
+            self._finals.pop(run_id, None)
+            tags["pareto"] = "false"
+            self._pareto[run_id] = False
+        self._set_tags(run_id, tags)
+        self.client.set_terminated(run_id, status)
+        self._write_fronts()
+
+    # --- the front ----------------------------------------------------------------------------------------------
+
+    def _frame(self, rows: Iterable[dict[str, Any]]) -> pd.DataFrame:
+        frame = pd.DataFrame(list(rows))
+        for column in POINT_COLUMNS:
+            if column not in frame.columns:
+                frame[column] = pd.Series(dtype=float if column in POINT_METRICS else object)
+        config = sorted(c for c in frame.columns if c not in POINT_COLUMNS)
+        return frame[[*POINT_COLUMNS, *config]]
+
+    def _write_fronts(self) -> None:
+        finals = self._frame(self._finals.values())
+        front = front_frame(finals, self.metrics, self.modes)
+        on_front = set(front["run_id"])
+        for run_id in finals["run_id"]:
+            member = run_id in on_front
+            if self._pareto.get(run_id) != member:
+                self._set_tags(run_id, {"pareto": "true" if member else "false"})
+                self._pareto[run_id] = member
+        points = self._frame(self._points.values())
+        steps_front = front_frame(points, self.metrics, self.modes)
+        paths = [
+            write_front_csv(front, self.study_dir / "pareto_front.csv"),
+            write_front_csv(steps_front, self.study_dir / "pareto_front_steps.csv"),
+        ]
+        if len(self.metrics) >= 2 and len(finals):
+            title = f"{self.study_name}: {len(front)} of {len(finals)} completed trials on the front"
+            args = (finals, front, self.metrics, self.modes)
+            paths.append(write_front_html(*args, self.study_dir / "pareto_front.html", title))
+            paths.append(write_front_png(*args, self.study_dir / "pareto_front.png", title))
+        for path in paths:
+            self.client.log_artifact(self.parent_run_id, str(path))
+
+    def _point(self, trial: Trial, run_id: str, status: str, step: int, result: Mapping[str, Any]) -> dict[str, Any]:
+        config = _settings(trial)
+        learner = config.get("learner")
+        rank = config.get("rank")
+        return {
+            "run_id": run_id,
+            "run_name": trial_name(trial),
+            "trial_id": trial.trial_id,
+            "status": status,
+            "step": step,
+            "learner": learner,
+            "criterion": config.get("criterion"),
+            "rank": None if learner == "finetune" or rank is None else int(rank),
+            **{metric: _number(result.get(metric)) for metric in POINT_METRICS},
+            **{f"config/{k}": str(v) for k, v in sorted(config.items())},
+        }
+
+    # --- small helpers ------------------------------------------------------------------------------------------
+
+    def _log_params(self, run_id: str, params: Mapping[str, Any]) -> None:
+        items = [Param(str(k), str(v)) for k, v in params.items()]
+        for start in range(0, len(items), _BATCH):
+            self.client.log_batch(run_id, params=items[start : start + _BATCH])
+
+    def _set_tags(self, run_id: str, tags: Mapping[str, str]) -> None:
+        if tags:
+            self.client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+    def _delete_tags(self, run_id: str, keys: Iterable[str]) -> None:
+        present = self.client.get_run(run_id).data.tags
+        for key in keys:
+            if key in present:
+                self.client.delete_tag(run_id, key)
+
+
+def _settings(trial: Trial) -> dict[str, Any]:
+    """Every experiment setting of the trial, defaults included (a run's params say how to repeat it)."""
+    config = {k: v for k, v in trial.config.items() if k not in STUDY_KEYS}
+    try:
+        return ExperimentConfig.from_flat(config).to_flat()
+    except (ConfigError, TypeError):  # a sample the experiment refuses: the trial fails; record what it got
+        return config
+
+
+def _number(value: Any) -> float:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else math.nan
+
+
+def _error_line(trial: Trial) -> str:
+    """The trial's exception as one line, e.g. ``NonFiniteLossError: training loss became nan at batch 0; ...``."""
+    # Tune has just written the exception beside the trial on the driver (not yet synced to storage): read it there.
+    error = None
+    path = trial.pickled_error_file
+    if path and Path(path).is_file():
+        try:
+            with open(path, "rb") as file:
+                error = cloudpickle.load(file)
+        except Exception:  # unreadable (e.g. its class cannot be imported here): fall back on the text
+            error = None
+    cause = getattr(error, "cause", None) or error
+    if cause is not None:
+        lines = [line for line in str(cause).splitlines() if line.strip()]
+        return one_line(f"{type(cause).__name__}: {lines[0] if lines else ''}")
+    path = trial.error_file
+    if path and Path(path).is_file():
+        lines = [line for line in Path(path).read_text().splitlines() if line.strip()]
+        if lines:  # the traceback's last line, "package.module.ErrorType: message"
+            kind, _, message = lines[-1].partition(": ")
+            return one_line(f"{kind.rsplit('.', 1)[-1]}: {message}" if message else lines[-1])
+    return "the trial raised an error"

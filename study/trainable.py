@@ -1,0 +1,63 @@
+"""The Tune trainable: one ``spa`` experiment per trial. It only computes and reports; it never touches MLflow.
+
+Every pruning step (step 0 = trained, unpruned) is reported with that step's checkpoint, so a trial that was
+interrupted continues from its last step (``tune.get_checkpoint()``) and repeats no work. Errors propagate: Tune
+marks the trial ERROR and the driver records it (Optuna FAIL, MLflow FAILED) while the study goes on.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+from typing import Any
+
+from ray import tune
+
+from spa.config import ExperimentConfig
+from spa.experiment import pruning_densities, run_experiment
+from study.outcome import FINAL_STEP, STUDY_KEYS, TRIAL_NUMBER
+
+__all__ = ["run_trial", "trial_dirname", "trial_name"]
+
+
+def run_trial(config: dict[str, Any]) -> None:
+    """Tune function trainable over a flat config (experiment settings plus ``STUDY_KEYS``)."""
+    # One "Checkpoint successfully created" line per pruning step per trial says nothing the results do not.
+    logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
+    experiment = ExperimentConfig.from_flat({k: v for k, v in config.items() if k not in STUDY_KEYS})
+    final_step = len(pruning_densities(experiment))
+    reported: list[int] = []
+
+    def report(metrics: dict[str, float], checkpoint_dir: str | None) -> None:
+        checkpoint = tune.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
+        tune.report({**metrics, FINAL_STEP: final_step}, checkpoint=checkpoint)
+        reported.append(int(metrics["step"]))
+        if checkpoint_dir:  # tune.report has persisted a copy in the trial's storage
+            shutil.rmtree(checkpoint_dir, ignore_errors=True)
+
+    checkpoint = tune.get_checkpoint()
+    scratch = tempfile.mkdtemp(prefix="spa-trial-")
+    try:
+        if checkpoint is None:
+            run_experiment(experiment, report, checkpoint_root=scratch)
+            return
+        with checkpoint.as_directory() as directory:
+            history = run_experiment(experiment, report, resume_from=directory, checkpoint_root=scratch)
+        if not reported and history:
+            # Interrupted after its final step was saved but before the driver recorded the end: say it again, so
+            # the trial ends on its final result (and is not mistaken for one stopped early).
+            tune.report({**history[-1], FINAL_STEP: final_step})
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def trial_name(trial: Any) -> str:
+    """``trial-<Optuna trial number>``, the name of the trial's MLflow run too."""
+    number = trial.config.get(TRIAL_NUMBER)
+    return f"trial-{number:03d}" if isinstance(number, int) else f"trial-{trial.trial_id}"
+
+
+def trial_dirname(trial: Any) -> str:
+    """Short, unique trial directory names (Tune's default repeats every setting in the name)."""
+    return f"{trial_name(trial)}_{trial.trial_id}"

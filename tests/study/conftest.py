@@ -1,0 +1,30 @@
+"""One local Ray for the whole test session (starting one costs seconds); every in-process study uses it."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """A 2-CPU, GPU-less Ray shared by the session; the driver uses it as it is and leaves it running."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, num_gpus=0, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def backbone_cache(spa_cache_dir: str) -> str:
+    """The session's backbone cache, with the digits backbone already trained (one thread: a shared machine)."""
+    from spa.pretrain import PretrainConfig, pretrained_backbone
+
+    pretrained_backbone(PretrainConfig(arch="resnet18"), spa_cache_dir, threads=1)
+    return spa_cache_dir

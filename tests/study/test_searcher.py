@@ -1,0 +1,126 @@
+"""study.outcome and study.searcher: what Optuna is told for every way a trial can end, without running trials."""
+
+from __future__ import annotations
+
+import math
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from study.outcome import COMPLETE, FAILED, FINAL_STEP, PRUNED, TRIAL_NUMBER, judge
+from study.searcher import SAMPLERS, StudySearch, StudySearcher, make_sampler
+from study.spaces import load_space
+from study.tune import SAMPLERS as COMMAND_SAMPLERS
+from study.tune import SMOKE_BUDGET
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+OBJECTIVES = ["val_accuracy", "learned_params"]
+
+
+def result(step: int, final: int, accuracy: float = 0.8, learned: float = 1000.0) -> dict:
+    return {"step": step, FINAL_STEP: final, "val_accuracy": accuracy, "learned_params": learned, "node_ip": "x"}
+
+
+JUDGEMENTS = {
+    "final step, finite objectives": (result(3, 3), False, COMPLETE, (0.8, 1000.0)),
+    "no pruning at all (final step 0)": (result(0, 0), False, COMPLETE, (0.8, 1000.0)),
+    "stopped early by a scheduler": (result(1, 3), False, PRUNED, None),
+    "stopped before any result": (None, False, PRUNED, None),
+    "raised an error after a step": (result(1, 3), True, FAILED, None),
+    "raised an error at the final step": (result(3, 3), True, FAILED, None),
+    "NaN objective at the final step": (result(3, 3, accuracy=math.nan), False, FAILED, None),
+    "infinite objective at the final step": (result(3, 3, learned=math.inf), False, FAILED, None),
+    "objective missing": ({"step": 3, FINAL_STEP: 3, "val_accuracy": 0.5}, False, FAILED, None),
+}
+
+
+@pytest.mark.parametrize("case", list(JUDGEMENTS))
+def test_judge(case: str) -> None:
+    last, error, state, values = JUDGEMENTS[case]
+    outcome = judge(last, OBJECTIVES, error=error)
+    assert (outcome.state, outcome.values) == (state, values)
+    assert (outcome.reason is None) == (state == COMPLETE)
+
+
+def make_searcher(storage: optuna.storages.BaseStorage | None = None) -> StudySearcher:
+    space = load_space("splora_lrp").with_overrides(SMOKE_BUDGET)
+    return StudySearcher(
+        space,
+        sampler=make_sampler("random", 0),
+        storage=storage or optuna.storages.InMemoryStorage(),
+        study_name="unit",
+    )
+
+
+def test_define_by_run_config_is_fixed_plus_sampled_plus_trial_number() -> None:
+    searcher = make_searcher()
+    config = searcher.suggest("a")
+    assert config["epochs"] == 1 and config["learner"] == "splora" and config[TRIAL_NUMBER] == 0
+    frozen = searcher.study.trials[0]
+    assert set(frozen.params) == {"rank", "init_range", "lr", "final_density", "shape"}  # steps, recovery pinned
+    assert all(config[name] == value for name, value in frozen.params.items())
+    assert frozen.user_attrs["tune_trial_id"] == "a"
+
+
+def test_each_ending_is_told_as_what_it_was() -> None:
+    searcher = make_searcher()
+    for trial_id in "abcde":
+        searcher.suggest(trial_id)
+    searcher.on_trial_complete("a", result=result(1, 3))  # ASHA stopped it: not COMPLETE with step-1 values
+    searcher.on_trial_complete("b", result=result(3, 3, accuracy=math.nan))  # must not raise
+    searcher.on_trial_complete("c", result=result(3, 3, accuracy=0.9, learned=500.0))
+    searcher.on_trial_complete("d", error=True)
+    searcher.on_trial_complete("e")  # removed before it started
+    searcher.on_trial_complete("c", result=result(3, 3, accuracy=0.1))  # a repeated call changes nothing
+
+    a, b, c, d, e = searcher.study.trials
+    assert (a.state, a.values) == (TrialState.PRUNED, None) and "step 1 of 3" in a.user_attrs["pruned_because"]
+    assert (b.state, b.values) == (TrialState.FAIL, None) and "val_accuracy is nan" in b.user_attrs["failed_because"]
+    assert (c.state, c.values) == (TrialState.COMPLETE, [0.9, 500.0])
+    assert (d.state, d.values) == (TrialState.FAIL, None) and d.user_attrs["failed_because"]
+    assert e.state == TrialState.PRUNED
+    assert [t.number for t in searcher.study.best_trials] == [2]  # only the complete trial is on Optuna's front
+
+
+def test_ray_optuna_search_alone_would_count_a_stopped_trial_as_complete() -> None:
+    """Why StudySearcher exists: Ray 2.60's OptunaSearch tells COMPLETE for an early-stopped multi-objective trial."""
+    from ray.tune.search.optuna import OptunaSearch
+
+    plain = OptunaSearch(
+        space={"x": optuna.distributions.FloatDistribution(0, 1)}, metric=OBJECTIVES, mode=["max", "min"]
+    )
+    plain.suggest("a")
+    plain.on_trial_complete("a", result=result(1, 3))
+    assert plain._ot_study.trials[0].state == TrialState.COMPLETE
+
+
+def test_restore_closes_trials_asked_after_the_last_saved_state(tmp_path) -> None:
+    storage_url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    searcher = make_searcher(optuna.storages.RDBStorage(storage_url))
+    searcher.suggest("a")
+    searcher.save(str(tmp_path / "searcher.pkl"))
+    searcher.suggest("b")  # the driver dies before Tune records trial b
+
+    restored = make_searcher(optuna.storages.RDBStorage(storage_url))
+    restored.restore(str(tmp_path / "searcher.pkl"))
+    a, b = optuna.load_study(study_name="unit", storage=storage_url).trials
+    assert a.state == TrialState.RUNNING  # Tune knows it: it continues
+    assert b.state == TrialState.FAIL and "stopped before Tune recorded" in b.user_attrs["failed_because"]
+    restored.on_trial_complete("a", result=result(1, 1))
+    assert optuna.load_study(study_name="unit", storage=storage_url).trials[0].state == TrialState.COMPLETE
+
+
+def test_a_resumed_search_may_grow_but_never_shrink() -> None:
+    search = StudySearch(make_searcher(), max_concurrent=2, num_samples=5)
+    search.set_state({"counter": 3, "total_samples": 3, "finished": False, "experiment": None})
+    assert search.total_samples == 5 and not search.is_finished()
+    search.num_samples = 2
+    search.set_state({"counter": 3, "total_samples": 3, "finished": False, "experiment": None})
+    assert search.total_samples == 3 and search.is_finished()
+
+
+def test_the_command_offers_exactly_the_samplers_there_are() -> None:
+    assert set(COMMAND_SAMPLERS) == set(SAMPLERS)
+    for name in SAMPLERS:
+        assert isinstance(make_sampler(name, 0), optuna.samplers.BaseSampler)

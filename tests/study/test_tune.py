@@ -1,0 +1,353 @@
+"""``python -m study.tune`` end to end, in-process against the session's Ray, with the real experiment.
+
+Every assertion reads what a user would read: the MLflow store (runs, params, tags, metric histories,
+artifacts), the Optuna storage in the study directory, and Tune's own per-trial result files.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+
+from study.tune import build_parser, main
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+PARENT = "mlflow.parentRunId"
+METRICS, MODES = ("val_accuracy", "learned_params"), ("max", "min")
+FRONT_FILES = {"pareto_front.csv", "pareto_front.html", "pareto_front.png", "pareto_front_steps.csv"}
+
+
+# --- helpers -------------------------------------------------------------------------------------------------------
+
+
+def common(tmp_path: Path, cache_dir: str) -> list[str]:
+    return [
+        "--storage-path",
+        str(tmp_path / "runs"),
+        "--tracking-uri",
+        f"sqlite:///{tmp_path / 'mlflow.db'}",
+        "--cache-dir",
+        cache_dir,
+    ]
+
+
+def write_space(tmp_path: Path, name: str, body: str) -> Path:
+    path = tmp_path / f"{name}.toml"
+    path.write_text(body)
+    return path
+
+
+def runs_of(tmp_path: Path, experiment_name: str) -> tuple[MlflowClient, object, list, list]:
+    """(client, parent run, child runs by run name, all runs) of the experiment."""
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name(experiment_name)
+    assert experiment is not None, f"no MLflow experiment {experiment_name!r}"
+    runs = list(client.search_runs([experiment.experiment_id], max_results=1000))
+    parents = [run for run in runs if PARENT not in run.data.tags]
+    assert len(parents) == 1, f"expected one parent run, found {[r.info.run_name for r in parents]}"
+    children = sorted((run for run in runs if PARENT in run.data.tags), key=lambda run: run.info.run_name)
+    return client, parents[0], children, runs
+
+
+def history(client: MlflowClient, run, key: str) -> list[tuple[int, float]]:
+    return sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, key))
+
+
+def optuna_trials(tmp_path: Path, name: str) -> list[optuna.trial.FrozenTrial]:
+    storage = f"sqlite:///{tmp_path / 'runs' / name / 'optuna.db'}"
+    return optuna.load_study(study_name=name, storage=storage).get_trials(deepcopy=False)
+
+
+def dominated(point: tuple[float, float], others: list[tuple[float, float]]) -> bool:
+    """Independent of study.pareto: accuracy up, learned parameters down."""
+    return any(o[0] >= point[0] and o[1] <= point[1] and (o[0] > point[0] or o[1] < point[1]) for o in others)
+
+
+def final_values(run) -> tuple[float, float]:
+    return tuple(run.data.metrics[m] for m in METRICS)
+
+
+def assert_front_tags(children: list) -> None:
+    finished = [run for run in children if run.info.status == "FINISHED"]
+    points = [final_values(run) for run in finished]
+    for run in finished:
+        expected = "false" if dominated(final_values(run), points) else "true"
+        assert run.data.tags.get("pareto") == expected, (run.info.run_name, final_values(run), points)
+    for run in children:
+        if run.info.status != "FINISHED":
+            assert run.data.tags.get("pareto") == "false", run.info.run_name
+
+
+def assert_optuna_matches_mlflow(trials: list, children: list) -> None:
+    by_number = {int(run.data.tags["trial_number"]): run for run in children}
+    assert sorted(by_number) == [trial.number for trial in trials]
+    for trial in trials:
+        run = by_number[trial.number]
+        assert trial.user_attrs["tune_trial_id"] == run.data.tags["trial_id"]
+        if trial.state == optuna.trial.TrialState.COMPLETE:
+            assert run.info.status == "FINISHED"
+            assert trial.values == pytest.approx(list(final_values(run)))
+
+
+def nothing_created(tmp_path: Path) -> None:
+    assert not (tmp_path / "mlflow.db").exists(), "bad input must not create the MLflow store"
+    runs = tmp_path / "runs"
+    assert not runs.exists() or not any(runs.iterdir()), f"bad input left {list(runs.iterdir())}"
+
+
+# --- a smoke study -------------------------------------------------------------------------------------------------
+
+
+def test_smoke_study_is_recorded_in_mlflow_and_optuna(tmp_path, backbone_cache, ray_cluster, capsys) -> None:
+    args = ["--space", "splora_lrp", "--smoke", "--num-samples", "3", "--seed", "1", *common(tmp_path, backbone_cache)]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "Pareto front over the completed trials" in out and "mlflow ui --backend-store-uri sqlite:///" in out
+
+    client, parent, children, _ = runs_of(tmp_path, "splora_lrp-smoke")
+    study_dir = tmp_path / "runs" / "splora_lrp-smoke"
+    assert parent.info.status == "FINISHED" and parent.info.run_name == "splora_lrp-smoke"
+    assert {k: parent.data.params[k] for k in ("space", "sampler", "seed", "num_samples", "scheduler")} == {
+        "space": "splora_lrp",
+        "sampler": "tpe",
+        "seed": "1",
+        "num_samples": "3",
+        "scheduler": "fifo",
+    }
+    assert parent.data.params["dataset"] == "digits" and parent.data.params["arch"] == "resnet18"
+    assert parent.data.tags["study_name"] == "splora_lrp-smoke" and parent.data.tags["space"] == "splora_lrp"
+    for package in ("spa", "torch", "ray", "optuna", "mlflow"):
+        assert parent.data.tags[f"version_{package}"] not in ("", "unknown")
+    assert FRONT_FILES <= {f.path for f in client.list_artifacts(parent.info.run_id)}
+    experiment = client.get_experiment_by_name("splora_lrp-smoke")
+    assert experiment.artifact_location.startswith(study_dir.as_uri())
+
+    assert [run.info.run_name for run in children] == ["trial-000", "trial-001", "trial-002"]
+    assert len({run.data.tags["trial_id"] for run in children}) == 3
+    for run in children:
+        assert run.info.status == "FINISHED"
+        assert run.data.tags[PARENT] == parent.info.run_id
+        assert run.data.tags["learner"] == "splora" and run.data.tags["criterion"] == "lrp"
+        assert run.data.tags["node_ip"] and run.data.tags["outcome"] == "complete"
+        params = run.data.params
+        # the smoke budget, the driver's pins, and this trial's samples
+        assert (params["epochs"], params["steps"], params["batch_size"], params["max_score_batches"]) == (
+            "1",
+            "1",
+            "64",
+            "2",
+        )
+        assert params["threads"] == "1" and params["device"] == "cpu" and params["cache_dir"] == backbone_cache
+        assert {"rank", "lr", "init_range", "final_density", "shape"} <= set(params)
+        assert "trial_number" not in params
+        for key in ("val_accuracy", "learned_params", "density", "test_accuracy", "flops"):
+            assert [step for step, _ in history(client, run, key)] == [0, 1], (run.info.run_name, key)
+        assert history(client, run, "density")[0][1] == 1.0
+    assert_front_tags(children)
+
+    trials = optuna_trials(tmp_path, "splora_lrp-smoke")
+    assert [trial.state for trial in trials] == [optuna.trial.TrialState.COMPLETE] * 3
+    assert_optuna_matches_mlflow(trials, children)
+    front = pd.read_csv(study_dir / "pareto_front.csv")
+    assert set(front["run_name"]) == {r.info.run_name for r in children if r.data.tags["pareto"] == "true"}
+    steps_front = pd.read_csv(study_dir / "pareto_front_steps.csv")
+    assert {"run_id", "run_name", "step"} <= set(steps_front.columns) and len(steps_front) >= 1
+
+
+# --- failures ------------------------------------------------------------------------------------------------------
+
+DIVERGING_SPACE = """
+description = "one learning rate that works, one that makes the loss NaN"
+[fixed]
+learner = "splora"
+criterion = "weight"
+rank = 4
+[params.lr]
+type = "categorical"
+choices = [0.05, 1e8]
+"""
+
+
+def test_failing_trial_is_recorded_and_the_study_goes_on(tmp_path, backbone_cache, ray_cluster) -> None:
+    space = write_space(tmp_path, "diverging", DIVERGING_SPACE)
+    # With the random sampler and seed 0 the two trials draw lr=1e8 and lr=0.05.
+    args = ["--space", str(space), "--smoke", "--sampler", "random", "--seed", "0", *common(tmp_path, backbone_cache)]
+    assert main(args) == 0
+
+    client, parent, children, _ = runs_of(tmp_path, "diverging-smoke")
+    by_lr = {run.data.params["lr"]: run for run in children}
+    assert set(by_lr) == {"0.05", "100000000.0"}, "the seed no longer draws both learning rates"
+    failed, finished = by_lr["100000000.0"], by_lr["0.05"]
+    assert failed.info.status == "FAILED"
+    assert failed.data.tags["error"].startswith("NonFiniteLossError: training loss became")
+    assert "\n" not in failed.data.tags["error"]
+    assert failed.data.tags["pareto"] == "false" and failed.data.tags["outcome"] == "failed"
+    assert finished.info.status == "FINISHED" and finished.data.tags["pareto"] == "true"
+    assert parent.info.status == "FINISHED" and parent.data.tags["trials_failed"] == "1"
+
+    trials = {trial.params["lr"]: trial for trial in optuna_trials(tmp_path, "diverging-smoke")}
+    assert trials[1e8].state == optuna.trial.TrialState.FAIL and trials[1e8].values is None
+    assert trials[1e8].user_attrs["failed_because"]
+    assert trials[0.05].state == optuna.trial.TrialState.COMPLETE
+    assert_optuna_matches_mlflow(list(trials.values()), children)
+    front = pd.read_csv(tmp_path / "runs" / "diverging-smoke" / "pareto_front.csv")
+    assert list(front["run_name"]) == [finished.info.run_name]
+
+
+# --- resume --------------------------------------------------------------------------------------------------------
+
+RESUME_SPACE = """
+description = "three pruning steps, so that a trial can be interrupted between them"
+[fixed]
+learner = "splora"
+criterion = "weight"
+epochs = 1
+recovery_epochs = 1
+steps = 3
+max_score_batches = 2
+batch_size = 64
+[params.rank]
+type = "int"
+low = 2
+high = 8
+"""
+
+
+def tune_results(study_dir: Path, run_name: str) -> list[dict]:
+    (path,) = glob.glob(str(study_dir / f"{run_name}_*" / "result.json"))
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+def test_ctrl_c_then_resume_continues_without_duplicates(tmp_path, backbone_cache, ray_cluster) -> None:
+    space = write_space(tmp_path, "resumable", RESUME_SPACE)
+    args = ["--space", str(space), "--sampler", "random", "--max-concurrent", "1", *common(tmp_path, backbone_cache)]
+    study_dir = tmp_path / "runs" / "resumable"
+    # A separate driver on the session's Ray, interrupted (Ctrl-C) once its second trial has saved step 1: by then
+    # Tune has registered the step-0 checkpoint at least (a checkpoint on disk is registered a moment later).
+    address = ray_cluster.get_runtime_context().gcs_address
+    log = (tmp_path / "driver.log").open("w")
+    driver = subprocess.Popen(
+        [sys.executable, "-m", "study.tune", *args, "--num-samples", "2", "--address", address],
+        cwd=tmp_path,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    try:
+        deadline = time.monotonic() + 240
+        while not glob.glob(str(study_dir / "trial-001_*" / "checkpoint_000001")):
+            assert driver.poll() is None, (tmp_path / "driver.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, "the second trial never reported step 1"
+            time.sleep(0.2)
+        driver.send_signal(signal.SIGINT)
+        assert driver.wait(timeout=90) == 130, (tmp_path / "driver.log").read_text()[-3000:]
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+        log.close()
+
+    client, parent, children, _ = runs_of(tmp_path, "resumable")
+    assert parent.info.status == "KILLED" and "interrupted" in parent.data.tags
+    statuses = {run.info.run_name: run.info.status for run in children}
+    assert statuses == {"trial-000": "FINISHED", "trial-001": "KILLED"}, "interrupted too late: trial-001 ended"
+    trials = optuna_trials(tmp_path, "resumable")
+    assert [t.state.name for t in trials] == ["COMPLETE", "RUNNING"]
+
+    # The same command with --resume, asking for one more trial.
+    assert main([*args, "--resume", "--num-samples", "3"]) == 0
+
+    client, parent, children, runs = runs_of(tmp_path, "resumable")
+    assert len(runs) == 4, [run.info.run_name for run in runs]
+    assert [run.info.run_name for run in children] == ["trial-000", "trial-001", "trial-002"]
+    assert len({run.data.tags["trial_id"] for run in children}) == 3
+    assert all(run.info.status == "FINISHED" for run in children)
+    assert parent.info.status == "FINISHED" and "interrupted" not in parent.data.tags
+    assert parent.data.tags["trials_finished"] == "3"
+    for run in children:
+        assert [step for step, _ in history(client, run, "val_accuracy")] == [0, 1, 2, 3], run.info.run_name
+        assert "interrupted" not in run.data.tags
+    assert_front_tags(children)
+
+    # Tune's own record: trial-000 was not run again; trial-001 went on from its step-0 checkpoint.
+    assert [row["step"] for row in tune_results(study_dir, "trial-000")] == [0, 1, 2, 3]
+    steps = [row["step"] for row in tune_results(study_dir, "trial-001")]
+    restored = [row["step"] for row in tune_results(study_dir, "trial-001")[1:] if row["iterations_since_restore"] == 1]
+    assert set(steps) == {0, 1, 2, 3} and steps.count(0) == 1, steps  # never started again from scratch
+    assert restored and restored[0] >= 1, steps  # the resumed session began after a saved step
+
+    trials = optuna_trials(tmp_path, "resumable")
+    assert [t.state.name for t in trials] == ["COMPLETE"] * 3
+    assert_optuna_matches_mlflow(trials, children)
+
+
+# --- bad input -----------------------------------------------------------------------------------------------------
+
+
+BROKEN_SPACE = "[params.rank]\ntype = 'int'\nlow = 8\nhigh = 2\n"
+BAD_INPUTS = {
+    "unknown space": lambda tmp: ["--space", "no_such_space"],
+    "malformed space file": lambda tmp: ["--space", str(write_space(tmp, "broken", BROKEN_SPACE))],
+    "gpu on a GPU-less cluster": lambda tmp: ["--space", "splora_lrp", "--smoke", "--gpus-per-trial", "1"],
+    "more CPUs than the cluster": lambda tmp: ["--space", "splora_lrp", "--smoke", "--cpus-per-trial", "3"],
+    "missing data dir": lambda tmp: ["--space", "splora_lrp", "--smoke", "--data-dir", str(tmp / "nowhere")],
+    "resume of nothing": lambda tmp: ["--space", "splora_lrp", "--smoke", "--resume"],
+    "file tracking store": lambda tmp: ["--space", "splora_lrp", "--smoke", "--tracking-uri", str(tmp / "mlruns")],
+}
+
+
+@pytest.mark.parametrize("case", BAD_INPUTS)
+def test_bad_input_is_one_line_exit_2_and_creates_nothing(case, tmp_path, backbone_cache, ray_cluster, capsys) -> None:
+    argv = BAD_INPUTS[case](tmp_path)
+    tail = common(tmp_path, backbone_cache)
+    if "--tracking-uri" in argv:
+        tail = tail[:2] + tail[4:]
+    assert main([*argv, *tail]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: "), err
+    nothing_created(tmp_path)
+
+
+def test_name_clash_without_resume_is_refused(tmp_path, backbone_cache, ray_cluster, capsys) -> None:
+    existing = tmp_path / "runs" / "splora_lrp-smoke"
+    existing.mkdir(parents=True)
+    (existing / "keep.txt").write_text("an earlier study")
+    assert main(["--space", "splora_lrp", "--smoke", *common(tmp_path, backbone_cache)]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert "--resume" in line and "--name" in line
+    assert [p.name for p in existing.iterdir()] == ["keep.txt"]
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_every_flag_says_its_default() -> None:
+    parser = build_parser()
+    flags = [a for a in parser._actions if a.option_strings and a.dest not in ("help", "list_spaces", "space")]
+    assert {a.dest for a in flags} >= {
+        "num_samples", "max_concurrent", "cpus_per_trial", "gpus_per_trial", "sampler", "seed", "dataset", "data_dir",
+        "arch", "weights", "tracking_uri", "experiment_name", "storage_path", "name", "resume", "smoke", "scheduler",
+        "address",
+    }  # fmt: skip
+    for action in flags:
+        assert "default" in action.help, action.dest
+
+
+def test_the_command_imports_no_ray_before_it_has_checked_the_input() -> None:
+    code = (
+        "import sys\n"
+        "from study.tune import main\n"
+        "assert main(['--space', 'no_such_space']) == 2\n"
+        "print(sorted(m for m in ('ray', 'mlflow', 'optuna') if m in sys.modules))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
