@@ -406,14 +406,15 @@ def _run(settings: StudySettings, space: SearchSpace, *, resume: bool, address: 
     started = time.perf_counter()
     ray, started_ray = _connect(address)
     try:
-        max_concurrent = _check_resources(ray.cluster_resources(), settings)
+        nodes = [node["Resources"] for node in ray.nodes() if node.get("Alive")]
+        max_concurrent = _check_resources(nodes, settings)
         _pretrain(space, settings)
         tuner = _tuner(settings, space, max_concurrent, resume=resume)
         tuner.fit()
     finally:
         if started_ray:
             ray.shutdown()
-    return _summarize(settings, space, resume=resume, seconds=time.perf_counter() - started)
+    return _summarize(settings, space, seconds=time.perf_counter() - started)
 
 
 def _connect(address: str | None) -> tuple[Any, bool]:
@@ -438,19 +439,23 @@ def _connect(address: str | None) -> tuple[Any, bool]:
     return ray, True
 
 
-def _check_resources(cluster: dict[str, float], settings: StudySettings) -> int:
-    """The trials' concurrency; a trial the cluster can never place is bad input (not a trial pending forever)."""
-    cpus, gpus = cluster.get("CPU", 0.0), cluster.get("GPU", 0.0)
-    if settings.cpus_per_trial > cpus:
-        raise UsageError(f"--cpus-per-trial {settings.cpus_per_trial} exceeds the {cpus:g} CPUs of the Ray cluster")
-    if settings.gpus_per_trial > gpus:
+def _check_resources(nodes: Sequence[dict[str, float]], settings: StudySettings) -> int:
+    """The trials' concurrency over the live nodes' resources; a trial that no node can place is bad input (not a
+    trial pending forever)."""
+    largest_cpus = max((node.get("CPU", 0.0) for node in nodes), default=0.0)
+    largest_gpus = max((node.get("GPU", 0.0) for node in nodes), default=0.0)
+    if settings.cpus_per_trial > largest_cpus:
         raise UsageError(
-            f"--gpus-per-trial {settings.gpus_per_trial:g} exceeds the {gpus:g} GPUs of the Ray cluster"
-            + ("; leave it out to run on CPUs" if gpus == 0 else "")
+            f"--cpus-per-trial {settings.cpus_per_trial} exceeds the {largest_cpus:g} CPUs of the largest Ray node"
         )
-    fits = int(cpus // settings.cpus_per_trial)
+    if settings.gpus_per_trial > largest_gpus:
+        raise UsageError(
+            f"--gpus-per-trial {settings.gpus_per_trial:g} exceeds the {largest_gpus:g} GPUs of the largest Ray node"
+            + ("; leave it out to run on CPUs" if largest_gpus == 0 else "")
+        )
+    fits = sum(int(node.get("CPU", 0.0) // settings.cpus_per_trial) for node in nodes)
     if settings.gpus_per_trial > 0:
-        fits = min(fits, int(gpus // settings.gpus_per_trial))
+        fits = min(fits, sum(int(node.get("GPU", 0.0) // settings.gpus_per_trial) for node in nodes))
     return settings.max_concurrent or max(1, fits)
 
 
@@ -503,10 +508,9 @@ def _tuner(settings: StudySettings, space: SearchSpace, max_concurrent: int, *, 
     import optuna
 
     from study.searcher import StudySearch, StudySearcher, make_sampler
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
     from study.tracking import StudyTracker
 
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
     study_dir.mkdir(parents=True)
     shutil.copyfile(space.path, study_dir / f"{settings.space}.toml")
     searcher = StudySearcher(
@@ -542,9 +546,7 @@ def _tuner(settings: StudySettings, space: SearchSpace, max_concurrent: int, *, 
             "seed": settings.seed,
             "num_samples": settings.num_samples,
             "scheduler": settings.scheduler,
-            "dataset": space.fixed.get("dataset", "digits"),
-            "arch": space.fixed.get("arch", "resnet18"),
-            "weights": space.fixed.get("weights", "pretrained-digits"),
+            **{key: "|".join(map(str, _values(space, key))) for key in ("dataset", "arch", "weights")},
             "cpus_per_trial": settings.cpus_per_trial,
             "gpus_per_trial": settings.gpus_per_trial,
             "max_concurrent": max_concurrent,
@@ -582,7 +584,7 @@ def _write_manifest(settings: StudySettings) -> None:
     write_atomically(settings.study_dir / MANIFEST, lambda path: path.write_text(text))
 
 
-def _summarize(settings: StudySettings, space: SearchSpace, *, resume: bool, seconds: float) -> int:
+def _summarize(settings: StudySettings, space: SearchSpace, *, seconds: float) -> int:
     """Print the front and where to look; the exit status: 0 when every trial ended, 130 when interrupted."""
     import optuna
     import pandas as pd

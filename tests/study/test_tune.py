@@ -20,7 +20,7 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from study.tune import build_parser, main
+from study.tune import StudySettings, UsageError, _check_resources, build_parser, main
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 PARENT = "mlflow.parentRunId"
@@ -351,3 +351,22 @@ def test_the_command_imports_no_ray_before_it_has_checked_the_input() -> None:
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
+
+
+def test_resources_are_checked_per_node_and_set_the_concurrency() -> None:
+    def settings(cpus: int, gpus: float = 0.0, max_concurrent: int | None = None) -> StudySettings:
+        return StudySettings(
+            space="s", name="n", storage_path="/x", num_samples=4, max_concurrent=max_concurrent, cpus_per_trial=cpus,
+            gpus_per_trial=gpus, sampler="tpe", seed=0, scheduler="fifo", dataset=None, data_dir=None, arch=None,
+            weights=None, cache_dir="/c", tracking_uri="sqlite:////x.db", experiment_name="n", smoke=False,
+        )  # fmt: skip
+
+    two_nodes = [{"CPU": 2.0}, {"CPU": 4.0, "GPU": 1.0}]
+    assert _check_resources(two_nodes, settings(1)) == 6
+    assert _check_resources(two_nodes, settings(2)) == 3
+    assert _check_resources(two_nodes, settings(1, gpus=0.5)) == 2
+    assert _check_resources(two_nodes, settings(1, max_concurrent=1)) == 1
+    with pytest.raises(UsageError, match="largest Ray node"):
+        _check_resources(two_nodes, settings(5))  # 6 CPUs in all, but no node has 5
+    with pytest.raises(UsageError, match="GPUs"):
+        _check_resources(two_nodes, settings(1, gpus=2))
