@@ -78,6 +78,7 @@ class StudyTracker(Callback):
         self.parent_run_id: str | None = None
         self._runs: dict[str, str] = {}  # trial_id -> run_id
         self._logged_steps: dict[str, set[int]] = {}  # run_id -> steps logged
+        self._nodes: dict[str, list[str]] = {}  # run_id -> ids of the Ray nodes it ran on
         self._points: dict[tuple[str, int], dict[str, Any]] = {}  # (run_id, step) -> point row
         self._finals: dict[str, dict[str, Any]] = {}  # run_id -> final point row, completed trials only
         self._pareto: dict[str, bool] = {}  # run_id -> value of its pareto tag
@@ -128,8 +129,17 @@ class StudyTracker(Callback):
         run_id = self._run_of(trial)
         step = int(result["step"])
         logged = self._logged_steps.setdefault(run_id, set())
-        if not logged:
-            node = {"node_ip": result.get("node_ip"), "hostname": result.get("hostname")}
+        node_id = result.get("node_id")
+        if run_id not in self._nodes:  # after a driver restart, continue the list the run already carries
+            earlier = self.client.get_run(run_id).data.tags.get("node_ids", "")
+            self._nodes[run_id] = [n for n in earlier.split(",") if n]
+        nodes = self._nodes[run_id]
+        if not logged or (node_id is not None and node_id not in nodes):
+            if node_id is not None and node_id not in nodes:
+                nodes.append(node_id)
+            node = {"node_ip": result.get("node_ip"), "hostname": result.get("hostname"), "node_id": node_id}
+            if nodes:
+                node["node_ids"] = ",".join(nodes)  # every node this trial ran on, in order (retries move it)
             self._set_tags(run_id, {k: str(v) for k, v in node.items() if v is not None})
         if step not in logged:  # a step repeated after a resume was measured the same way: log it once
             timestamp = int(time.time() * 1000)

@@ -12,6 +12,7 @@ import shutil
 import tempfile
 from typing import Any
 
+import ray
 from ray import tune
 
 from spa.config import ExperimentConfig
@@ -27,11 +28,13 @@ def run_trial(config: dict[str, Any]) -> None:
     logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
     experiment = ExperimentConfig.from_flat({k: v for k, v in config.items() if k not in STUDY_KEYS})
     final_step = len(pruning_densities(experiment))
+    # Where this attempt runs: a trial retried after its node died reports from another node.
+    node_id = ray.get_runtime_context().get_node_id()
     reported: list[int] = []
 
     def report(metrics: dict[str, float], checkpoint_dir: str | None) -> None:
         checkpoint = tune.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
-        tune.report({**metrics, FINAL_STEP: final_step}, checkpoint=checkpoint)
+        tune.report({**metrics, FINAL_STEP: final_step, "node_id": node_id}, checkpoint=checkpoint)
         reported.append(int(metrics["step"]))
         if checkpoint_dir:  # tune.report has persisted a copy in the trial's storage
             shutil.rmtree(checkpoint_dir, ignore_errors=True)
@@ -47,7 +50,7 @@ def run_trial(config: dict[str, Any]) -> None:
         if not reported and history:
             # Interrupted after its final step was saved but before the driver recorded the end: say it again, so
             # the trial ends on its final result (and is not mistaken for one stopped early).
-            tune.report({**history[-1], FINAL_STEP: final_step})
+            tune.report({**history[-1], FINAL_STEP: final_step, "node_id": node_id})
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 

@@ -353,6 +353,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="Ray cluster to connect to, e.g. auto (default: $RAY_ADDRESS if set, else a local Ray on this machine)",
     )
+    resources.add_argument(
+        "--max-failures",
+        type=int,
+        default=None,
+        help="retries of a trial whose node died or that raised; a retry continues from the trial's last pruning-step "
+        "checkpoint (default: 3 on a cluster given by --address or $RAY_ADDRESS, 0 on a local Ray)",
+    )
 
     where = parser.add_argument_group("where results go")
     where.add_argument(
@@ -393,7 +400,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     try:
-        return _run(settings, space, resume=args.resume, address=args.address)
+        if args.max_failures is not None and args.max_failures < 0:
+            raise UsageError(f"--max-failures {args.max_failures} is not allowed; allowed: an integer >= 0")
+        max_failures = args.max_failures
+        if max_failures is None:
+            max_failures = 3 if (args.address or os.environ.get("RAY_ADDRESS")) else 0
+        return _run(settings, space, resume=args.resume, address=args.address, max_failures=max_failures)
     except UsageError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -402,14 +414,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return INTERRUPTED
 
 
-def _run(settings: StudySettings, space: SearchSpace, *, resume: bool, address: str | None) -> int:
+def _run(settings: StudySettings, space: SearchSpace, *, resume: bool, address: str | None, max_failures: int) -> int:
     started = time.perf_counter()
     ray, started_ray = _connect(address)
     try:
         nodes = [node["Resources"] for node in ray.nodes() if node.get("Alive")]
         max_concurrent = _check_resources(nodes, settings)
         _pretrain(space, settings)
-        tuner = _tuner(settings, space, max_concurrent, resume=resume)
+        tuner = _tuner(settings, space, max_concurrent, resume=resume, max_failures=max_failures)
         tuner.fit()
     finally:
         if started_ray:
@@ -487,7 +499,7 @@ def _versions() -> dict[str, str]:
     return versions
 
 
-def _tuner(settings: StudySettings, space: SearchSpace, max_concurrent: int, *, resume: bool) -> Any:
+def _tuner(settings: StudySettings, space: SearchSpace, max_concurrent: int, *, resume: bool, max_failures: int) -> Any:
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
@@ -569,7 +581,7 @@ def _tuner(settings: StudySettings, space: SearchSpace, max_concurrent: int, *, 
             storage_path=settings.storage_path,
             callbacks=[tracker],
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-            failure_config=tune.FailureConfig(max_failures=0),
+            failure_config=tune.FailureConfig(max_failures=max_failures),
             verbose=1,
         ),
     )
