@@ -79,7 +79,13 @@ class StudySettings:
 
     @property
     def study_dir(self) -> Path:
-        return Path(self.storage_path) / self.name
+        """Where the driver keeps the study's own state (Optuna db, manifest, fronts): a local directory."""
+        return _study_dir(self.storage_path, self.name, self.cache_dir)
+
+    @property
+    def trial_storage(self) -> str:
+        """Where Tune keeps trial results and checkpoints: the study directory, or ``URI/name`` for a URI."""
+        return f"{self.storage_path.rstrip('/')}/{self.name}" if _is_uri(self.storage_path) else str(self.study_dir)
 
     def overrides(self, space: SearchSpace) -> dict[str, Any]:
         """The fixed settings the command pins in every trial of ``space``."""
@@ -104,6 +110,23 @@ _RESUME_MAY_CHANGE = ("num_samples",)
 
 def _absolute(path: str | os.PathLike[str]) -> str:
     return str(Path(path).expanduser().resolve())
+
+
+def _is_uri(storage_path: str) -> bool:
+    return "://" in storage_path
+
+
+def _storage_path(text: str) -> str:
+    """A local or NFS path made absolute; a URI (``s3://bucket/dir``, ``gs://``, ...) kept as it is."""
+    return text if _is_uri(text) else _absolute(text)
+
+
+def _study_dir(storage_path: str, name: str, cache_dir: str) -> Path:
+    # SQLite (the Optuna study) cannot live on object storage: with a URI the driver's state stays on the driver's
+    # machine, under the cache directory, while trials write their results and checkpoints to the URI.
+    if _is_uri(storage_path):
+        return Path(cache_dir) / "studies" / name
+    return Path(storage_path) / name
 
 
 def _tracking_uri(text: str) -> str:
@@ -132,7 +155,7 @@ def _new_settings(args: argparse.Namespace, space: SearchSpace) -> StudySettings
     return StudySettings(
         space=space.name,
         name=name,
-        storage_path=_absolute(args.storage_path or DEFAULT_STORAGE_PATH),
+        storage_path=_storage_path(args.storage_path or DEFAULT_STORAGE_PATH),
         num_samples=args.num_samples or (SMOKE_NUM_SAMPLES if args.smoke else DEFAULT_NUM_SAMPLES),
         max_concurrent=args.max_concurrent,
         cpus_per_trial=1 if args.cpus_per_trial is None else args.cpus_per_trial,
@@ -155,7 +178,8 @@ def _new_settings(args: argparse.Namespace, space: SearchSpace) -> StudySettings
 def _resumed_settings(args: argparse.Namespace, study_dir: Path) -> StudySettings:
     """The study's own settings; a flag given now must agree with them (only ``--num-samples`` may grow)."""
     manifest = study_dir / MANIFEST
-    if not manifest.is_file() or not (study_dir / "tuner.pkl").is_file():
+    remote = _is_uri(_storage_path(args.storage_path or DEFAULT_STORAGE_PATH))
+    if not manifest.is_file() or not (remote or (study_dir / "tuner.pkl").is_file()):
         if not study_dir.exists():
             raise UsageError(f"--resume: no study at {study_dir}; run without --resume to start it")
         raise UsageError(f"--resume: {study_dir} holds no resumable study (no {MANIFEST} or tuner.pkl)")
@@ -225,7 +249,10 @@ def _plan(args: argparse.Namespace) -> tuple[StudySettings, SearchSpace]:
 
     if args.resume:
         name = args.name or (f"{_space_name(args.space)}-smoke" if args.smoke else _space_name(args.space))
-        study_dir = Path(_absolute(args.storage_path or DEFAULT_STORAGE_PATH)) / name
+        from spa.pretrain import default_cache_dir
+
+        cache_dir = _absolute(args.cache_dir) if args.cache_dir else str(default_cache_dir())
+        study_dir = _study_dir(_storage_path(args.storage_path or DEFAULT_STORAGE_PATH), name, cache_dir)
         settings = _resumed_settings(args, study_dir)
         space = load_space(study_dir / f"{settings.space}.toml")  # the study's copy, as it started
     else:
@@ -365,7 +392,9 @@ def build_parser() -> argparse.ArgumentParser:
     where.add_argument(
         "--storage-path",
         default=None,
-        help=f"directory of studies; this study's is STORAGE_PATH/NAME (default: ./{DEFAULT_STORAGE_PATH})",
+        help="where trial results and checkpoints go, as STORAGE_PATH/NAME: a local or NFS path, or a URI such as "
+        "s3://bucket/dir (then the driver's own state, the Optuna db and fronts, stays in CACHE_DIR/studies/NAME) "
+        f"(default: ./{DEFAULT_STORAGE_PATH})",
     )
     where.add_argument("--name", default=None, help="study name (default: the space's name, plus -smoke with --smoke)")
     where.add_argument(
@@ -509,7 +538,11 @@ def _tuner(settings: StudySettings, space: SearchSpace, max_concurrent: int, *, 
     study_dir = settings.study_dir
     if resume:
         tuner = tune.Tuner.restore(
-            str(study_dir), trainable=trainable, resume_unfinished=True, resume_errored=False, restart_errored=False
+            settings.trial_storage,
+            trainable=trainable,
+            resume_unfinished=True,
+            resume_errored=False,
+            restart_errored=False,
         )
         # Tune restores the sample count of the first run; a larger --num-samples extends the study. Ray 2.60 has
         # no public handle on the restored search algorithm (it is unpickled from tuner.pkl), hence this one line.

@@ -370,3 +370,25 @@ def test_resources_are_checked_per_node_and_set_the_concurrency() -> None:
         _check_resources(two_nodes, settings(5))  # 6 CPUs in all, but no node has 5
     with pytest.raises(UsageError, match="GPUs"):
         _check_resources(two_nodes, settings(1, gpus=2))
+
+
+def test_uri_storage_keeps_trials_at_the_uri_and_driver_state_local(tmp_path, backbone_cache, ray_cluster) -> None:
+    """``--storage-path`` as a URI (``file://`` here, ``s3://`` on a cluster): Tune writes trial results and
+    checkpoints there; the Optuna study, which SQLite cannot keep on object storage, stays in the cache dir."""
+    remote = tmp_path / "bucket"
+    argv = [
+        "--space", "splora_weight", "--smoke", "--name", "uri", "--storage-path", f"file://{remote}",
+        "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", "--cache-dir", backbone_cache,
+    ]  # fmt: skip
+    assert main(argv) == 0
+    assert (remote / "uri" / "tuner.pkl").is_file()
+    assert len(glob.glob(str(remote / "uri" / "trial-*" / "checkpoint_*"))) == 2
+    local = Path(backbone_cache) / "studies" / "uri"
+    assert FRONT_FILES <= {p.name for p in local.iterdir()}
+    study = optuna.load_study(study_name="uri", storage=f"sqlite:///{local / 'optuna.db'}")
+    assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE] * 2
+    assert not (remote / "uri" / "optuna.db").exists()
+    # The same command with --resume finds the finished study through the URI and runs nothing again.
+    assert main([*argv, "--resume"]) == 0
+    study = optuna.load_study(study_name="uri", storage=f"sqlite:///{local / 'optuna.db'}")
+    assert len(study.trials) == 2
