@@ -1,0 +1,278 @@
+"""benchmarks/: the scripts' pure helpers against hand-computed values, and every script's command line.
+
+No timing is asserted: the timings depend on the machine; only what is computed from them is checked.
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import math
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+import torch
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+SCRIPTS = ("adapter_step", "pruned_inference", "criteria_cost", "claim", "gpu")
+
+
+def load(name: str) -> ModuleType:
+    """A script as a module (benchmarks/ is no package; scripts run as ``python benchmarks/NAME.py``)."""
+    module_name = f"_benchmark_{name}"
+    if module_name in sys.modules:
+        return sys.modules[module_name]
+    spec = importlib.util.spec_from_file_location(module_name, BENCHMARKS / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module  # dataclasses look their module up while the class is built
+    spec.loader.exec_module(module)
+    return module
+
+
+# --- claim.py: the Table-1 aggregation and the verdict -------------------------------------------------------------
+
+
+def run_rows(learner: str, criterion: str, seed: int, accuracies: tuple[float, float], learned: tuple[int, ...]):
+    """One run's rows: step 0 (unpruned), then target densities 0.6, 0.3, 0.1 (the last two read by the table)."""
+    rows = [
+        {
+            "learner": learner,
+            "criterion": criterion,
+            "seed": seed,
+            "step": 0,
+            "target_density": 1.0,
+            "test_accuracy": 0.5 + seed / 100,
+            "learned_params": learned[0],
+            "flops": 40e6,
+        }
+    ]
+    for step, (target, accuracy, count) in enumerate(
+        zip((0.6, 0.3, 0.1), (0.0, *accuracies), learned[1:], strict=True), 1
+    ):
+        rows.append(
+            {
+                "learner": learner,
+                "criterion": criterion,
+                "seed": seed,
+                "step": step,
+                "target_density": target,
+                "test_accuracy": accuracy,
+                "learned_params": count,
+                "flops": target * 40e6 + seed * 1e6,
+            }
+        )
+    return rows
+
+
+@pytest.fixture(scope="module")
+def claim_runs() -> list[dict]:
+    # criterion "weight", two seeds; accuracies at densities (0.3, 0.1) in 0..1, learned params at (1.0, 0.6, 0.3, 0.1).
+    rows = []
+    for seed, (fp, r32, r8) in enumerate(
+        [((0.90, 0.80), (0.89, 0.86), (0.88, 0.84)), ((0.92, 0.70), (0.91, 0.82), (0.90, 0.80))]
+    ):
+        rows += run_rows("finetune", "weight", seed, fp, (11_000_000, 4_000_000, 1_000_000, 100_000))
+        rows += run_rows("splora_r32", "weight", seed, r32, (290_000, 150_000, 90_000, 30_000 + seed * 2_000))
+        rows += run_rows("splora_r8", "weight", seed, r8, (81_000, 50_000, 25_000, 9_000))
+    # The same runs for "lrp": the unpruned rows repeat (same learner and seed) and must be counted once.
+    rows += [{**row, "criterion": "lrp"} for row in rows]
+    return rows
+
+
+def test_claim_table_means_stds_and_order(claim_runs: list[dict]) -> None:
+    claim = load("claim")
+    table = claim.claim_table(claim_runs)
+    keys = [(row["criterion"], row["learner"], row["density"]) for row in table]
+    assert keys[:3] == [("none", "finetune", 1.0), ("none", "lora_r32", 1.0), ("none", "lora_r8", 1.0)]
+    assert keys[3:9] == [
+        ("weight", "finetune", 0.3),
+        ("weight", "finetune", 0.1),
+        ("weight", "splora_r32", 0.3),
+        ("weight", "splora_r32", 0.1),
+        ("weight", "splora_r8", 0.3),
+        ("weight", "splora_r8", 0.1),
+    ]
+    assert [k[0] for k in keys[9:]] == ["lrp"] * 6
+    cells = {key: row for key, row in zip(keys, table, strict=True)}
+    fp10 = cells["weight", "finetune", 0.1]
+    assert fp10["n"] == 2
+    assert fp10["digits"] == pytest.approx(75.0)
+    assert fp10["digits_std"] == pytest.approx(statistics.stdev([80.0, 70.0]))  # sample std: 7.07
+    assert fp10["learned_params_k"] == pytest.approx(100.0) and fp10["learned_params_k_std"] == pytest.approx(0.0)
+    assert fp10["flops_m"] == pytest.approx(4.5) and fp10["flops_m_std"] == pytest.approx(math.sqrt(0.5))
+    r32_10 = cells["weight", "splora_r32", 0.1]
+    assert r32_10["learned_params_k"] == pytest.approx(31.0)
+    assert r32_10["learned_params_k_std"] == pytest.approx(statistics.stdev([30.0, 32.0]))
+    unpruned = cells["none", "finetune", 1.0]
+    assert unpruned["n"] == 2  # one per seed, although two criteria ran
+    assert unpruned["digits"] == pytest.approx(50.5)
+
+
+def test_claim_numbers_headline_and_verdict(claim_runs: list[dict]) -> None:
+    claim = load("claim")
+    numbers = claim.claim_numbers(claim.claim_table(claim_runs))
+    assert set(numbers["per_criterion"]) == {"weight", "lrp"}
+    weight = numbers["per_criterion"]["weight"]
+    assert weight["high_minus_fp_at_0.1"] == pytest.approx(84.0 - 75.0)
+    assert weight["low_minus_fp_at_0.1"] == pytest.approx(82.0 - 75.0)
+    assert weight["learned_ratio_high_over_fp_at_0.1"] == pytest.approx(31.0 / 100.0)
+    assert weight["low_minus_fp_at_0.3"] == pytest.approx(89.0 - 91.0)
+    assert weight["learned_ratio_fp_over_low_at_0.3"] == pytest.approx(1000.0 / 25.0)
+    values = claim.headline(numbers)
+    assert list(values) == [
+        "splora_minus_fp_at_0.1",
+        "r8_minus_fp_at_0.3",
+        "learned_ratio_fp_over_r8_at_0.3",
+        "learned_ratio_r32_over_fp_at_0.1",
+    ]
+    assert values["splora_minus_fp_at_0.1"] == pytest.approx(9.0)
+    assert values["r8_minus_fp_at_0.3"] == pytest.approx(-2.0)
+    text = claim.verdict(numbers)
+    assert "SPLoRA r32 beats fine-pruning: +9.00 points" in text
+    assert "First claim holds" in text
+    assert "-2.00 points" in text and "40.0x fewer" in text and "Second claim holds" in text
+
+
+def test_claim_verdict_says_when_a_claim_fails(claim_runs: list[dict]) -> None:
+    claim = load("claim")
+    worse = [
+        {**row, "test_accuracy": 0.5} if row["learner"] == "splora_r32" and row["step"] == 3 else row
+        for row in claim_runs
+    ]
+    text = claim.verdict(claim.claim_numbers(claim.claim_table(worse)))
+    assert "does not beat" in text and "First claim does not hold" in text
+
+
+def test_claim_numbers_need_both_learners_and_densities(claim_runs: list[dict]) -> None:
+    claim = load("claim")
+    only_fp = [row for row in claim_runs if row["learner"] == "finetune"]
+    with pytest.raises(ValueError, match="no criterion"):
+        claim.claim_numbers(claim.claim_table(only_fp))
+
+
+def test_claim_csv_round_trip(tmp_path: Path, claim_runs: list[dict]) -> None:
+    claim = load("claim")
+    runs_path = tmp_path / "claim_runs.csv"
+    claim.write_runs([{**row, "wall_s": 1.0} for row in claim_runs], runs_path)
+    table = claim.claim_table(claim.read_runs(runs_path))  # values come back as strings
+    assert table == claim.claim_table(claim_runs)
+    single = claim.claim_table([row for row in claim_runs if row["seed"] == 0])
+    table_path = tmp_path / "claim.csv"
+    claim.write_table(single, table_path)
+    with table_path.open() as handle:
+        written = list(csv.DictReader(handle))
+    assert list(written[0]) == list(claim.TABLE_COLUMNS)
+    fp10 = next(r for r in written if (r["criterion"], r["learner"], r["density"]) == ("weight", "finetune", "0.10"))
+    assert (fp10["digits"], fp10["digits_std"], fp10["learned_params_k"], fp10["n"]) == ("80.00", "", "100.0", "1")
+
+
+def test_claim_main_reaggregates_runs(tmp_path: Path, claim_runs: list[dict], capsys: pytest.CaptureFixture) -> None:
+    claim = load("claim")
+    runs_path = tmp_path / "claim_runs.csv"
+    claim.write_runs(claim_runs, runs_path)
+    assert claim.main(["--from-runs", str(runs_path), "--out", str(tmp_path / "table.csv")]) == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert claim.parse_last_line(last) == pytest.approx(
+        {
+            "splora_minus_fp_at_0.1": 9.0,
+            "r8_minus_fp_at_0.3": -2.0,
+            "learned_ratio_fp_over_r8_at_0.3": 40.0,
+            "learned_ratio_r32_over_fp_at_0.1": 0.31,
+        }
+    )
+    assert (tmp_path / "table.csv").is_file()
+
+
+def test_mean_std() -> None:
+    claim = load("claim")
+    assert claim.mean_std([2.0, 4.0, 6.0]) == (4.0, 2.0)
+    mean, std = claim.mean_std([3.0])
+    assert mean == 3.0 and math.isnan(std)
+    with pytest.raises(ValueError):
+        claim.mean_std([])
+
+
+# --- ratios and last lines --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["pruned_inference", "claim"])
+def test_last_line_round_trips(name: str) -> None:
+    module = load(name)
+    values = {"time_over_flops_0.5": 1.0449, "b": -2.5, "c": 31.625}
+    line = module.last_line(values)
+    assert line == "time_over_flops_0.5=1.04 b=-2.50 c=31.62"
+    assert module.parse_last_line(line) == {"time_over_flops_0.5": 1.04, "b": -2.5, "c": 31.62}
+    with pytest.raises(ValueError):
+        module.parse_last_line("a=1 b")
+
+
+def test_pruned_inference_ratios() -> None:
+    pruned = load("pruned_inference")
+    times = {"unpruned": [2.0, 4.0, 3.0], "finetune@0.5": [1.0, 2.0, 9.0], "splora@0.5": [1.8, 1.8, 1.8]}
+    ratios = pruned.median_ratios(times, "unpruned")
+    assert ratios == pytest.approx({"unpruned": 1.0, "finetune@0.5": 2.0 / 3.0, "splora@0.5": 0.6})
+    flop_counts = {"unpruned": 1000, "finetune@0.5": 500, "splora@0.5": 400, "finetune@0.1": 100}
+    ratios["finetune@0.1"] = 0.13
+    quotients = pruned.time_over_flops(ratios, flop_counts)
+    # The worst learner per density: splora 0.6 / 0.4 = 1.5 beats finetune (2/3) / 0.5 = 1.33.
+    assert quotients == pytest.approx({"time_over_flops_0.5": 1.5, "time_over_flops_0.1": 1.3})
+
+
+def test_round_robin_interleaves_and_skips_warmup() -> None:
+    order: list[str] = []
+    for name in ("pruned_inference", "criteria_cost"):
+        order.clear()
+        times = load(name).round_robin({"a": lambda: order.append("a"), "b": lambda: order.append("b")}, 3, 2)
+        assert order == ["a", "b"] * 5
+        assert {k: len(v) for k, v in times.items()} == {"a": 3, "b": 3}
+
+
+def test_criteria_cost_ratios() -> None:
+    cost = load("criteria_cost")
+    times = {"train": [1.0, 3.0, 2.0], "weight": [0.1, 0.1, 0.1], "lrp": [5.0, 4.0, 7.0]}
+    assert cost.cost_ratios(times) == pytest.approx({"weight": 0.05, "lrp": 2.5})
+
+
+def test_gpu_throughput_helpers() -> None:
+    gpu = load("gpu")
+    assert gpu.throughput(640, [2.0, 1.0, 4.0]) == pytest.approx(320.0)
+    ratios = gpu.throughput_ratios({"finetune": 100.0, "splora": 125.0})
+    assert ratios["splora_over_finetune"] == pytest.approx(1.25)
+    assert math.isnan(ratios["splora_over_finetune_compiled"])
+    assert gpu.last_line(ratios) == "splora_over_finetune=1.25 splora_over_finetune_compiled=nan"
+
+
+# --- command lines ------------------------------------------------------------------------------------------------
+
+
+def test_every_script_has_help() -> None:
+    # Started together: each pays for importing torch, and they need not wait for each other.
+    processes = {
+        name: subprocess.Popen(
+            [sys.executable, str(BENCHMARKS / f"{name}.py"), "--help"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for name in SCRIPTS
+    }
+    for name, process in processes.items():
+        out, err = process.communicate(timeout=120)
+        assert process.returncode == 0, f"{name}: {err}"
+        assert out.startswith("usage:"), name
+        assert "(default:" in out, name
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA GPU")
+def test_gpu_without_cuda_exits_2_with_one_line() -> None:
+    result = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "gpu.py")], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert len(result.stderr.strip().splitlines()) == 1 and "CUDA" in result.stderr
