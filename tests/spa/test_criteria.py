@@ -383,3 +383,23 @@ def test_spa_criteria_imports_no_tracking_or_search_library() -> None:
     code = "import sys, spa.criteria; print([m for m in ('ray', 'mlflow', 'optuna') if m in sys.modules])"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "resnet50"])
+def test_fast_zplus_equals_zennit_alpha1_beta0(arch: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The one-pass z+ rule gives zennit's own AlphaBeta(1, 0) scores: every ResNet conv input is post-ReLU."""
+    from zennit.rules import AlphaBeta
+
+    torch.manual_seed(0)
+    model = build_resnet(arch, 5).eval()
+    batches = [(torch.randn(3, 3, 32, 32), torch.tensor([0, 3, 4]))]
+    fast = score_channels(model, batches, "lrp", norm=False)
+    monkeypatch.setattr(
+        criteria,
+        "NonNegativeZPlus",
+        lambda stabilizer, zero_params: AlphaBeta(alpha=1.0, beta=0.0, stabilizer=stabilizer, zero_params=zero_params),
+    )
+    reference = score_channels(model, batches, "lrp", norm=False)
+    assert fast.keys() == reference.keys()
+    for name in fast:
+        torch.testing.assert_close(fast[name], reference[name], rtol=1e-5, atol=1e-7, msg=name)
