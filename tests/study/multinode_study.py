@@ -1,7 +1,7 @@
 """A study on a two-node Ray cluster on this machine, with one node killed while a trial runs on it.
 
 Run by tests/study/test_multinode.py in its own process (the test session's Ray is single-node):
-``python tests/study/multinode_study.py WORKDIR CACHE_DIR`` prints one JSON line with what happened.
+``python tests/study/multinode_study.py WORKDIR CACHE_DIR`` prints one line ``RESULT {json}`` saying what happened.
 """
 
 from __future__ import annotations
@@ -75,7 +75,8 @@ def main(workdir: Path, cache_dir: Path) -> int:
     )  # fmt: skip
     killer.join(timeout=1)
     print(
-        json.dumps(
+        "RESULT "
+        + json.dumps(
             {
                 "exit_code": code,
                 "head_id": head_id,

@@ -25,7 +25,9 @@ def test_study_survives_a_node_killed_mid_trial(tmp_path: Path, spa_cache_dir: s
         timeout=420,
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    outcome = json.loads(done.stdout.strip().splitlines()[-1])
+    results = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
+    assert len(results) == 1, done.stdout[-3000:]
+    outcome = json.loads(results[0][len("RESULT ") :])
     assert outcome["exit_code"] == 0 and outcome["killed"] is True
 
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
