@@ -28,6 +28,7 @@ from spa.checkpoint import load_checkpoint, resize_to, save_checkpoint
 from spa.config import ConfigError, ExperimentConfig
 from spa.criteria import score_channels
 from spa.data import load_splits, make_loaders, score_loader
+from spa.metrics import EXTRA_METRIC_NAMES, METRIC_NAMES
 from spa.models import build_resnet
 from spa.pretrain import PretrainConfig, pretrained_backbone
 from spa.pruning import prune_to_density
@@ -37,6 +38,7 @@ __all__ = [
     "NonFiniteLossError",
     "Report",
     "METRIC_NAMES",
+    "EXTRA_METRIC_NAMES",
     "run_experiment",
     "pruning_densities",
     "resolve_device",
@@ -47,18 +49,6 @@ __all__ = [
     "build_scheduler",
 ]
 
-METRIC_NAMES = (
-    "step",
-    "density",
-    "val_accuracy",
-    "test_accuracy",
-    "learned_params",
-    "params",
-    "flops",
-    "epoch",
-    "train_loss",
-    "val_accuracy_pruned",
-)
 
 # report(metrics, checkpoint_dir): checkpoint_dir holds checkpoint.pt of this step, or is None.
 Report = Callable[[dict[str, float], "str | None"], None]

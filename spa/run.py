@@ -29,21 +29,10 @@ from spa.config import (
     RuntimeConfig,
 )
 from spa.data import dataset_names
+from spa.metrics import METRIC_NAMES as CSV_COLUMNS
 from spa.models import ARCHITECTURES
 
 __all__ = ["build_parser", "config_from_args", "main"]
-
-CSV_COLUMNS = (
-    "step",
-    "density",
-    "val_accuracy",
-    "test_accuracy",
-    "learned_params",
-    "params",
-    "flops",
-    "epoch",
-    "train_loss",
-)
 
 
 def _density_list(text: str) -> tuple[float, ...]:

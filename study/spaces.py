@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from spa.config import ConfigError, ExperimentConfig
+from spa.metrics import EXTRA_METRIC_NAMES, METRIC_NAMES
 from spa.schedules import density_schedule
 
 if sys.version_info >= (3, 11):
@@ -65,19 +66,8 @@ __all__ = [
 
 # What spa.experiment.run_experiment reports after every pruning step (kept here so that loading a space does not
 # import the training code).
-OBJECTIVE_METRICS = (
-    "step",
-    "density",
-    "target_density",
-    "val_accuracy",
-    "test_accuracy",
-    "learned_params",
-    "params",
-    "flops",
-    "epoch",
-    "train_loss",
-    "val_accuracy_pruned",
-)
+# Every reported metric, the schedule's target next to the density it aims at.
+OBJECTIVE_METRICS = (*METRIC_NAMES[:2], EXTRA_METRIC_NAMES[0], *METRIC_NAMES[2:], EXTRA_METRIC_NAMES[1])
 MODES = ("max", "min")
 PARAM_KINDS = ("int", "float", "categorical")
 _TOP_KEYS = ("description", "fixed", "params", "objectives")
