@@ -38,9 +38,9 @@ def test_study_survives_a_node_killed_mid_trial(tmp_path: Path, spa_cache_dir: s
     assert {r.info.status for r in children} == {"FINISHED"}
     node_lists = {r.data.tags["trial_id"]: r.data.tags["node_ids"].split(",") for r in children}
     seen = {node for nodes in node_lists.values() for node in nodes}
-    assert seen == {outcome["head_id"], outcome["worker_id"]}  # trials landed on both nodes
+    assert seen == {outcome["head_id"], outcome["worker_id"]}, (node_lists, outcome)  # trials landed on both nodes
     moved = [nodes for nodes in node_lists.values() if nodes == [outcome["worker_id"], outcome["head_id"]]]
-    assert len(moved) == 1  # the killed node's trial was retried on the other one
+    assert len(moved) == 1, (node_lists, outcome)  # the killed node's trial was retried on the other one
     for run in children:
         history = client.get_metric_history(run.info.run_id, "val_accuracy")
         # Resumed from its last checkpoint: every pruning step measured exactly once, none repeated.
