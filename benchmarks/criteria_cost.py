@@ -23,8 +23,10 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -33,6 +35,9 @@ from spa.adapters import add_splora, mark_trainable
 from spa.criteria import CRITERIA, score_channels
 from spa.data import load_splits
 from spa.models import ARCHITECTURES, build_resnet
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the helpers shared by the scripts beside this one
+from _timing import round_robin  # noqa: E402
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
@@ -62,19 +67,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # --- pure helpers ------------------------------------------------------------------------------------------------
-
-
-def round_robin(calls: dict[str, Callable[[], object]], rounds: int, warmup: int) -> dict[str, list[float]]:
-    """Seconds of each call per round; every round runs every call once, in turn, so noise hits all alike."""
-    times: dict[str, list[float]] = {name: [] for name in calls}
-    for round_index in range(warmup + rounds):
-        for name, call in calls.items():
-            start = time.perf_counter()
-            call()
-            elapsed = time.perf_counter() - start
-            if round_index >= warmup:
-                times[name].append(elapsed)
-    return times
 
 
 def cost_ratios(times: dict[str, list[float]], baseline: str = "train") -> dict[str, float]:

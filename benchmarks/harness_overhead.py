@@ -97,6 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     import mlflow  # noqa: F401
     import optuna  # noqa: F401
     import ray.tune  # noqa: F401
+
     with tempfile.TemporaryDirectory(prefix="spa-overhead-") as temporary:
         workdir = Path(temporary)
         space_path = workdir / "overhead.toml"

@@ -32,6 +32,7 @@ import concurrent.futures
 import copy
 import multiprocessing
 import statistics
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -46,6 +47,9 @@ from spa.counting import conv_channels, flops
 from spa.criteria import normalize, score_channels
 from spa.models import ARCHITECTURES, build_resnet
 from spa.pruning import network_conv_names, prune_to_density
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the helpers shared by the scripts beside this one
+from _timing import round_robin  # noqa: E402
 
 CLASSES = 10
 
@@ -133,19 +137,6 @@ def parse_last_line(line: str) -> dict[str, float]:
     if bad:
         raise ValueError(f"not a line of name=value pairs: {line!r}")
     return {name: float(value) for name, value in pairs}
-
-
-def round_robin(calls: dict[str, Callable[[], object]], rounds: int, warmup: int) -> dict[str, list[float]]:
-    """Seconds of each call per round; every round runs every call once, in turn, so noise hits all alike."""
-    times: dict[str, list[float]] = {name: [] for name in calls}
-    for round_index in range(warmup + rounds):
-        for name, call in calls.items():
-            start = time.perf_counter()
-            call()
-            elapsed = time.perf_counter() - start
-            if round_index >= warmup:
-                times[name].append(elapsed)
-    return times
 
 
 # --- building the variants -----------------------------------------------------------------------------------------
