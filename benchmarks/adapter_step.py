@@ -11,14 +11,18 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
+import sys
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 from torch import nn
 
 from spa.adapters import add_splora
 from spa.models import build_resnet
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the helpers shared by the scripts beside this one
+from _timing import round_robin  # noqa: E402
 
 
 def reference_splora(model: nn.Module, rank: int, init_range: float) -> nn.Module:
@@ -82,14 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         "reference": reference_splora(build_resnet(args.arch, classes, cifar_stem=cifar_stem), args.rank, 1e-3),
     }
     steps = {name: make_step(model, args.batch_size, args.size, classes) for name, model in variants.items()}
-    times: dict[str, list[float]] = {name: [] for name in steps}
-    for round_index in range(args.warmup + args.rounds):
-        for name, step in steps.items():
-            start = time.perf_counter()
-            step()
-            elapsed = time.perf_counter() - start
-            if round_index >= args.warmup:
-                times[name].append(elapsed)
+    times = round_robin(steps, args.rounds, args.warmup)
     medians = {name: statistics.median(values) for name, values in times.items()}
     for name, value in medians.items():
         print(f"{name:>10}: median step {value * 1e3:7.1f} ms over {len(times[name])} rounds")

@@ -121,6 +121,12 @@ def _storage_path(text: str) -> str:
     return text if _is_uri(text) else _absolute(text)
 
 
+def _cache_dir(args: argparse.Namespace) -> str:
+    from spa.pretrain import default_cache_dir
+
+    return _absolute(args.cache_dir) if args.cache_dir else str(default_cache_dir())
+
+
 def _study_dir(storage_path: str, name: str, cache_dir: str) -> Path:
     # SQLite (the Optuna study) cannot live on object storage: with a URI the driver's state stays on the driver's
     # machine, under the cache directory, while trials write their results and checkpoints to the URI.
@@ -142,8 +148,6 @@ def _tracking_uri(text: str) -> str:
 
 
 def _new_settings(args: argparse.Namespace, space: SearchSpace) -> StudySettings:
-    from spa.pretrain import default_cache_dir
-
     name = args.name or (f"{space.name}-smoke" if args.smoke else space.name)
     weights = args.weights
     if weights is not None and weights not in ("imagenet", "none", "pretrained-digits"):
@@ -167,7 +171,7 @@ def _new_settings(args: argparse.Namespace, space: SearchSpace) -> StudySettings
         data_dir=None if args.data_dir is None else _absolute(args.data_dir),
         arch=args.arch,
         weights=weights,
-        cache_dir=_absolute(args.cache_dir) if args.cache_dir else str(default_cache_dir()),
+        cache_dir=_cache_dir(args),
         tracking_uri=_tracking_uri(args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI),
         experiment_name=args.experiment_name or name,
         smoke=args.smoke,
@@ -249,10 +253,7 @@ def _plan(args: argparse.Namespace) -> tuple[StudySettings, SearchSpace]:
 
     if args.resume:
         name = args.name or (f"{_space_name(args.space)}-smoke" if args.smoke else _space_name(args.space))
-        from spa.pretrain import default_cache_dir
-
-        cache_dir = _absolute(args.cache_dir) if args.cache_dir else str(default_cache_dir())
-        study_dir = _study_dir(_storage_path(args.storage_path or DEFAULT_STORAGE_PATH), name, cache_dir)
+        study_dir = _study_dir(_storage_path(args.storage_path or DEFAULT_STORAGE_PATH), name, _cache_dir(args))
         settings = _resumed_settings(args, study_dir)
         space = load_space(study_dir / f"{settings.space}.toml")  # the study's copy, as it started
     else:
