@@ -25,7 +25,7 @@ from torch import nn
 
 from spa import adapters, counting
 from spa.checkpoint import load_checkpoint, resize_to, save_checkpoint
-from spa.config import ConfigError, ExperimentConfig
+from spa.config import LR_SCHEDULES, OPTIMIZERS, ConfigError, ExperimentConfig
 from spa.criteria import score_channels
 from spa.data import load_splits, make_loaders, score_loader
 from spa.metrics import EXTRA_METRIC_NAMES, METRIC_NAMES
@@ -74,10 +74,19 @@ def resolve_device(name: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise ConfigError(f"device={name!r} asked for a CUDA GPU but none is available; allowed here: auto, cpu")
+            raise ConfigError(
+                f"device={name!r} asked for a CUDA GPU but none is available; allowed here: auto, cpu",
+                field="device",
+                allowed="auto, cpu",
+            )
         index = torch.device(name).index or 0
         if index >= torch.cuda.device_count():
-            raise ConfigError(f"device={name!r} does not exist; this machine has {torch.cuda.device_count()} GPU(s)")
+            count = torch.cuda.device_count()
+            raise ConfigError(
+                f"device={name!r} does not exist; this machine has {count} GPU(s)",
+                field="device",
+                allowed=f"auto, cpu, cuda, cuda:0 .. cuda:{count - 1}",
+            )
     return torch.device(name)
 
 
@@ -89,7 +98,7 @@ def build_optimizer(
         return torch.optim.SGD(learned, lr=lr, momentum=momentum, weight_decay=weight_decay)
     if name == "adamw":
         return torch.optim.AdamW(learned, lr=lr, weight_decay=weight_decay)
-    raise ConfigError(f"optimizer={name!r} is not allowed; allowed: sgd, adamw")
+    raise ConfigError.not_allowed("optimizer", name, ", ".join(OPTIMIZERS))
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, name: str, epochs: int) -> torch.optim.lr_scheduler.LRScheduler:
@@ -99,7 +108,7 @@ def build_scheduler(optimizer: torch.optim.Optimizer, name: str, epochs: int) ->
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, epochs))
     if name == "constant":
         return torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
-    raise ConfigError(f"lr_schedule={name!r} is not allowed; allowed: step, cosine, constant")
+    raise ConfigError.not_allowed("lr_schedule", name, ", ".join(LR_SCHEDULES))
 
 
 def _autocast(device: torch.device, bf16: bool):
