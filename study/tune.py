@@ -19,7 +19,6 @@ import dataclasses
 import json
 import logging
 import os
-import shutil
 import sys
 import time
 import uuid
@@ -558,7 +557,9 @@ def _tuner(settings: StudySettings, space: SearchSpace, max_concurrent: int, *, 
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study_dir.mkdir(parents=True)
-    shutil.copyfile(space.path, study_dir / f"{settings.space}.toml")
+    # The study's own copy, resolved: a later edit of a base the space extends does not change a resumed study.
+    header = f"The search space of study {settings.name!r}, resolved from {space.path} and its bases."
+    (study_dir / f"{settings.space}.toml").write_text(space.to_toml(header=header))
     searcher = StudySearcher(
         space,
         sampler=make_sampler(settings.sampler, settings.seed),
