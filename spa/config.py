@@ -2,7 +2,8 @@
 
 Frozen dataclasses checked in ``__post_init__``: an impossible value fails at construction with a one-line
 message naming the field, the value and what is allowed. A Tune trial's flat dict becomes these once, at the edge
-(``ExperimentConfig.from_flat``).
+(``ExperimentConfig.from_flat``). Each field's metadata carries its help text (``setting``); ``python -m spa.run``
+generates its flags from these dataclasses (``spa.flags``), so every default lives here and only here.
 """
 
 from __future__ import annotations
@@ -28,12 +29,26 @@ __all__ = [
     "SCHEDULE_SHAPES",
     "OPTIMIZERS",
     "LR_SCHEDULES",
+    "PRETRAINED_DIGITS",
+    "NAMED_WEIGHTS",
 ]
 
 LEARNERS = ("finetune", "splora")
 CRITERIA_NAMES = ("weight", "grad", "taylor", "lrp")
 OPTIMIZERS = ("sgd", "adamw")
 LR_SCHEDULES = ("step", "cosine", "constant")
+PRETRAINED_DIGITS = "pretrained-digits"  # the backbone spa.pretrain trains once on digits 0-4 and caches
+NAMED_WEIGHTS = ("imagenet", "none", PRETRAINED_DIGITS)  # what ModelConfig.weights may name besides a file
+
+
+def setting(default: Any, help: str, *, default_text: str | None = None, choices: tuple[str, ...] = ()) -> Any:
+    """A config field whose metadata carries its command-line help.
+
+    ``default_text`` says what a ``None`` default means (``"torch's choice"``); ``choices`` is the field's
+    vocabulary, when it has one.
+    """
+    metadata = {"help": help, "default_text": default_text, "choices": choices}
+    return field(default=default, metadata=metadata)
 
 
 def _require(condition: bool, field: str, value: Any, allowed: str) -> None:
@@ -43,12 +58,14 @@ def _require(condition: bool, field: str, value: Any, allowed: str) -> None:
 
 @dataclass(frozen=True)
 class DataConfig:
-    dataset: str = "digits"
-    data_dir: str | None = None
-    download: bool = False
-    val_fraction: float = 0.1
-    batch_size: int = 32
-    num_workers: int = 0
+    dataset: str = setting("digits", "the target task", default_text="digits, embedded and offline")
+    data_dir: str | None = setting(
+        None, "where torchvision datasets live", default_text="$SPA_DATA_DIR or ~/.cache/spa/data"
+    )
+    download: bool = setting(False, "allow torchvision to download the dataset")
+    val_fraction: float = setting(0.1, "share of the training data held out as val")
+    batch_size: int = setting(32, "batch size")
+    num_workers: int = setting(0, "data loader workers")
 
     def __post_init__(self) -> None:
         _require(
@@ -63,8 +80,11 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    arch: str = "resnet18"
-    weights: str = "pretrained-digits"  # "imagenet", "none", "pretrained-digits" or a state-dict path
+    arch: str = setting("resnet18", "architecture")
+    weights: str = setting(
+        PRETRAINED_DIGITS,
+        "imagenet, none, pretrained-digits (a backbone pretrained on digits 0-4, cached) or a state-dict path",
+    )
 
     def __post_init__(self) -> None:
         from spa.models import ARCHITECTURES  # local: keep config import-light
@@ -78,9 +98,9 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class LearnerConfig:
-    learner: str = "splora"
-    rank: int = 8
-    init_range: float = 1e-3
+    learner: str = setting("splora", "what is learned: every weight (finetune) or SPLoRA adapters", choices=LEARNERS)
+    rank: int = setting(8, "SPLoRA rank")
+    init_range: float = setting(1e-3, "SPLoRA B init range: B starts uniform in +-init_range")
 
     def __post_init__(self) -> None:
         _require(self.learner in LEARNERS, "learner", self.learner, ", ".join(LEARNERS))
@@ -95,13 +115,15 @@ class LearnerConfig:
 
 @dataclass(frozen=True)
 class OptimConfig:
-    optimizer: str = "sgd"
-    lr: float = 0.01
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    lr_schedule: str = "step"
-    epochs: int = 3
-    recovery_epochs: int = 1
+    optimizer: str = setting("sgd", "optimizer", choices=OPTIMIZERS)
+    lr: float = setting(0.01, "learning rate")
+    momentum: float = setting(0.9, "SGD momentum")
+    weight_decay: float = setting(5e-4, "weight decay")
+    lr_schedule: str = setting(
+        "step", "LR schedule per training phase (step: x0.2 every quarter, as the original code)", choices=LR_SCHEDULES
+    )
+    epochs: int = setting(3, "training epochs before pruning")
+    recovery_epochs: int = setting(1, "recovery epochs after each pruning step")
 
     def __post_init__(self) -> None:
         _require(self.optimizer in OPTIMIZERS, "optimizer", self.optimizer, ", ".join(OPTIMIZERS))
@@ -127,13 +149,17 @@ class OptimConfig:
 
 @dataclass(frozen=True)
 class PruneConfig:
-    criterion: str = "lrp"
-    norm: bool = True
-    final_density: float = 0.3
-    steps: int = 3
-    shape: str = "geometric"
-    densities: tuple[float, ...] | None = None  # an explicit schedule overrides final_density/steps/shape
-    max_score_batches: int | None = None  # None: one full pass over the training data, as the reference
+    criterion: str = setting("lrp", "pruning criterion", choices=CRITERIA_NAMES)
+    norm: bool = setting(True, "per-layer score normalisation before global ranking")
+    final_density: float = setting(0.3, "density after the last step")
+    steps: int = setting(3, "number of pruning steps")
+    shape: str = setting("geometric", "shape of the density schedule", choices=SCHEDULE_SHAPES)
+    densities: tuple[float, ...] | None = setting(
+        None, "explicit schedule, e.g. 0.8,0.5,0.3 (overrides final density, steps and shape)", default_text="none"
+    )
+    max_score_batches: int | None = setting(
+        None, "batches used to score channels", default_text="all: one pass, as the original code"
+    )
 
     def __post_init__(self) -> None:
         _require(self.criterion in CRITERIA_NAMES, "criterion", self.criterion, ", ".join(CRITERIA_NAMES))
@@ -165,12 +191,12 @@ class PruneConfig:
 
 @dataclass(frozen=True)
 class RuntimeConfig:
-    seed: int = 0
-    device: str = "auto"  # "auto", "cpu", "cuda" or "cuda:N"
-    threads: int | None = None
-    bf16: bool = False
-    deterministic: bool = False
-    cache_dir: str | None = None  # where the pretrained digits backbone is cached
+    seed: int = setting(0, "random seed, set before anything is built")
+    device: str = setting("auto", "auto, cpu, cuda or cuda:N")
+    threads: int | None = setting(None, "torch CPU threads", default_text="torch's choice")
+    bf16: bool = setting(False, "bf16 autocast on CUDA")
+    deterministic: bool = setting(False, "deterministic algorithms")
+    cache_dir: str | None = setting(None, "cache for pretrained backbones", default_text="~/.cache/spa")
 
     def __post_init__(self) -> None:
         _require(is_int(self.seed) and self.seed >= 0, "seed", self.seed, "an integer >= 0")

@@ -28,7 +28,7 @@ from zennit.rules import ClampMod, Epsilon, Norm, Pass, ZBox
 from zennit.torchvision import ResNetCanonizer
 from zennit.types import Activation, AvgPool, BatchNorm, Convolution
 
-from spa.adapters import SPLoRAConv2d, merge
+from spa.adapters import SPLoRAConv2d, merge, network_convs
 
 __all__ = ["Scores", "Batch", "Criterion", "CRITERIA", "score_channels", "normalize", "scored_convs"]
 
@@ -54,15 +54,9 @@ class Criterion:
         return self.score(model, batches, device)
 
 
-def scored_convs(model: nn.Module) -> dict[str, nn.Module]:
-    """Name -> module of every conv that gets scores: plain convs and ``SPLoRAConv2d`` wrappers (not their
-    ``base_layer`` nor the ``lora_a``/``lora_b`` factor convs), in ``named_modules`` order."""
-    inside = {id(c) for m in model.modules() if isinstance(m, SPLoRAConv2d) for c in (m.base_layer, m.lora_a, m.lora_b)}
-    return {
-        name: module
-        for name, module in model.named_modules()
-        if isinstance(module, SPLoRAConv2d) or (isinstance(module, nn.Conv2d) and id(module) not in inside)
-    }
+# Name -> module of every conv that gets scores: plain convs and ``SPLoRAConv2d`` wrappers (not their
+# ``base_layer`` nor the ``lora_a``/``lora_b`` factor convs), in ``named_modules`` order.
+scored_convs = network_convs
 
 
 # ---------------------------------------------------------------------------------------------------- weight

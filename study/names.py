@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from spa.metrics import EXTRA_METRIC_NAMES, METRIC_NAMES
+
 __all__ = [
     "DEFAULT_TRACKING_URI",
     "PARENT_TAG",
@@ -16,6 +18,7 @@ __all__ = [
     "TRIAL_NUMBER",
     "STUDY_KEYS",
     "MODES",
+    "OBJECTIVE_METRICS",
     "Objective",
     "DEFAULT_OBJECTIVES",
     "trial_name",
@@ -35,6 +38,9 @@ STUDY_KEYS = (TRIAL_NUMBER,)
 
 # An objective is maximised or minimised.
 MODES = ("max", "min")
+# What a trial reports after every pruning step, so what an objective may be: spa's metrics, the schedule's target
+# next to the density it aims at.
+OBJECTIVE_METRICS = (*METRIC_NAMES[:2], EXTRA_METRIC_NAMES[0], *METRIC_NAMES[2:], EXTRA_METRIC_NAMES[1])
 
 
 @dataclass(frozen=True)

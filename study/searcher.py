@@ -20,7 +20,8 @@ from optuna.trial import TrialState
 from ray.tune.search import ConcurrencyLimiter, SearchGenerator
 from ray.tune.search.optuna import OptunaSearch
 
-from study.outcome import COMPLETE, FAILED, PRUNED, TRIAL_NUMBER, judge
+from study.names import TRIAL_NUMBER
+from study.outcome import COMPLETE, FAILED, PRUNED, judge
 from study.spaces import SearchSpace, suggest
 
 __all__ = ["SAMPLERS", "DefineByRun", "StudySearcher", "StudySearch", "make_sampler", "REASON_ATTRS"]

@@ -137,7 +137,8 @@ def _bases(extends: Any, path: Path) -> list[Path]:
         return []
     names = [extends] if isinstance(extends, str) else extends
     if not isinstance(names, list) or not names or not all(isinstance(name, str) and name for name in names):
-        raise file_error(path, f"extends={extends!r} is not allowed; allowed: a space's name or file, or a list of them")
+        allowed = "a space's name or file, or a list of them"
+        raise file_error(path, f"extends={extends!r} is not allowed; allowed: {allowed}")
     bases = []
     for name in names:
         if _looks_like_path(name):
@@ -188,7 +189,9 @@ def _value(value: Any) -> str:
     if isinstance(value, int):
         return str(value)
     if isinstance(value, float):
-        return repr(value) if math.isfinite(value) else ("nan" if math.isnan(value) else ("inf" if value > 0 else "-inf"))
+        if math.isnan(value):
+            return "nan"
+        return repr(value) if math.isfinite(value) else ("inf" if value > 0 else "-inf")
     if isinstance(value, str):
         return json.dumps(value)  # a TOML basic string: JSON's escapes are TOML's
     if isinstance(value, (list, tuple)):

@@ -37,11 +37,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from spa.config import ConfigError, ExperimentConfig
-from spa.metrics import EXTRA_METRIC_NAMES, METRIC_NAMES
 from spa.schedules import density_schedule
 from spa.validation import is_finite_number, is_int
-from study.names import DEFAULT_OBJECTIVES, MODES, Objective
-from study.space_files import SPACES_DIR, SpaceError, _default_spaces_dir, list_spaces, read, resolve, toml_text
+from study.names import DEFAULT_OBJECTIVES, MODES, OBJECTIVE_METRICS, Objective
+from study.space_files import (
+    SPACES_DIR,
+    SpaceError,
+    _default_spaces_dir,  # noqa: F401 - where SPACES_DIR comes from, for tests
+    list_spaces,
+    read,
+    resolve,
+    toml_text,
+)
 from study.space_files import file_error as _error
 
 if TYPE_CHECKING:
@@ -61,10 +68,6 @@ __all__ = [
     "suggest",
 ]
 
-# What spa.experiment.run_experiment reports after every pruning step (kept here so that loading a space does not
-# import the training code).
-# Every reported metric, the schedule's target next to the density it aims at.
-OBJECTIVE_METRICS = (*METRIC_NAMES[:2], EXTRA_METRIC_NAMES[0], *METRIC_NAMES[2:], EXTRA_METRIC_NAMES[1])
 PARAM_KINDS = ("int", "float", "categorical")
 _TOP_KEYS = ("description", "fixed", "params", "objectives", "extends")
 _PARAM_KEYS = ("type", "low", "high", "log", "step", "choices")

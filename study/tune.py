@@ -532,7 +532,8 @@ def _tuner(settings: StudySettings, space: SearchSpace, max_concurrent: int, *, 
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
-    from study.trainable import run_trial, trial_dirname, trial_name
+    from study.names import trial_dirname, trial_name
+    from study.trainable import run_trial
 
     trainable = tune.with_resources(run_trial, {"cpu": settings.cpus_per_trial, "gpu": settings.gpus_per_trial})
     study_dir = settings.study_dir
@@ -601,6 +602,7 @@ def _tuner(settings: StudySettings, space: SearchSpace, max_concurrent: int, *, 
             "objectives": ",".join(f"{m}:{mode}" for m, mode in zip(space.metrics, space.modes, strict=True)),
         },
         tags={**_versions(), "space": settings.space, "mlflow.note.content": space.description},
+        defaults=ExperimentConfig().to_flat(),
     )
     tuner = tune.Tuner(
         trainable,

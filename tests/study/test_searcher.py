@@ -8,7 +8,8 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from study.outcome import COMPLETE, FAILED, FINAL_STEP, PRUNED, TRIAL_NUMBER, judge
+from study.names import FINAL_STEP, TRIAL_NUMBER
+from study.outcome import COMPLETE, FAILED, PRUNED, judge
 from study.searcher import SAMPLERS, StudySearch, StudySearcher, make_sampler
 from study.spaces import load_space
 from study.tune import SAMPLERS as COMMAND_SAMPLERS
