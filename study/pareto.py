@@ -12,6 +12,7 @@ import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -26,6 +27,7 @@ __all__ = [
     "write_front_csv",
     "write_front_html",
     "write_front_png",
+    "front_text",
 ]
 
 # Columns shown for each point when present (besides the plotted metrics), in this order.
@@ -219,3 +221,29 @@ def write_front_png(
     axes.legend(fontsize="small")
     figure.tight_layout()
     return write_atomically(path, lambda temporary: figure.savefig(temporary, format="png"))
+
+
+def _cell(value: Any, column: str) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NA:
+        return "-"
+    if column in ("learned_params", "params", "flops"):
+        return f"{float(value):,.0f}"
+    if isinstance(value, (float, np.floating)):
+        return f"{value:.4f}" if abs(value) < 10 else f"{value:,.1f}"
+    return str(value)
+
+
+def front_text(front: pd.DataFrame, points: pd.DataFrame, metrics: Sequence[str]) -> str:
+    """The front as a fixed-width table; settings columns shown only where the trials' settings differ."""
+    identity = ["run_name", "trial_id", "step", "learner", "criterion", "rank"]
+    varying = [
+        column
+        for column in points.columns
+        if column.startswith("config/")
+        and column.removeprefix("config/") not in identity
+        and points[column].astype(str).nunique(dropna=False) > 1
+    ]
+    shown_metrics = list(dict.fromkeys([*metrics, "density", "test_accuracy", "learned_params", "flops"]))
+    columns = [*identity, *shown_metrics, *varying]
+    cells = pd.DataFrame({c.removeprefix("config/"): [_cell(v, c) for v in front[c]] for c in columns})
+    return cells.to_string(index=False)

@@ -24,10 +24,10 @@ import pandas as pd
 from spa.config import CRITERIA_NAMES
 from spa.files import write_atomically
 from study.names import DEFAULT_OBJECTIVES, DEFAULT_TRACKING_URI, FINAL_STEP, MODES
-from study.pareto import front_frame, write_front_html, write_front_png
+from study.pareto import front_frame, front_text, write_front_html, write_front_png
 from study.records import POINT_METRICS, load_points
 
-__all__ = ["build_parser", "final_points", "learner_label", "table1", "front_text", "table1_text", "main"]
+__all__ = ["build_parser", "final_points", "learner_label", "table1", "table1_text", "main"]
 
 TABLE1_COLUMNS = (
     "criterion",
@@ -117,32 +117,6 @@ def _learner_order(label: str) -> tuple[int, int, str]:
 
 
 # --- printing ----------------------------------------------------------------------------------------------------
-
-
-def _cell(value: Any, column: str) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NA:
-        return "-"
-    if column in ("learned_params", "params", "flops"):
-        return f"{float(value):,.0f}"
-    if isinstance(value, (float, np.floating)):
-        return f"{value:.4f}" if abs(value) < 10 else f"{value:,.1f}"
-    return str(value)
-
-
-def front_text(front: pd.DataFrame, points: pd.DataFrame, metrics: Sequence[str]) -> str:
-    """The front as a fixed-width table; settings columns shown only where the trials' settings differ."""
-    identity = ["run_name", "trial_id", "step", "learner", "criterion", "rank"]
-    varying = [
-        column
-        for column in points.columns
-        if column.startswith("config/")
-        and column.removeprefix("config/") not in identity
-        and points[column].astype(str).nunique(dropna=False) > 1
-    ]
-    shown_metrics = list(dict.fromkeys([*metrics, "density", "test_accuracy", "learned_params", "flops"]))
-    columns = [*identity, *shown_metrics, *varying]
-    cells = pd.DataFrame({c.removeprefix("config/"): [_cell(v, c) for v in front[c]] for c in columns})
-    return cells.to_string(index=False)
 
 
 def table1_text(table: pd.DataFrame) -> str:
