@@ -17,7 +17,6 @@ from study.settings import (
     given_settings,
     new_settings,
     resumed_settings,
-    study_dir,
     where,
 )
 from study.spaces import SearchSpace, load_space
@@ -32,7 +31,7 @@ def plan(args: argparse.Namespace) -> tuple[StudySettings, SearchSpace]:
     space = None if args.space is None else load_space(args.space)
     if args.resume:
         space_name = None if space is None else space.name
-        directory = study_dir(*where(given, space_name))
+        directory = where(given, space_name)
         settings = resumed_settings(given, directory, space_name=space_name)
         space = load_space(directory / f"{settings.space}.toml")  # the study's copy, as it started
     else:

@@ -192,16 +192,22 @@ def _default_cache_dir() -> str:
     return str(default_cache_dir())
 
 
-def where(given: dict[str, Any], space_name: str) -> tuple[str, str, str]:
+def _address(given: dict[str, Any], space_name: str | None) -> tuple[str, str, str]:
     """(name, storage path, cache dir) of the study the flags point at: enough to find its directory."""
     name = given["name"] or (f"{space_name}-smoke" if given["smoke"] else space_name)
     storage_path = given["storage_path"] or _storage_path(DEFAULT_STORAGE_PATH)
     return name, storage_path, given["cache_dir"] or _default_cache_dir()
 
 
+def where(given: dict[str, Any], space_name: str | None) -> Path:
+    """The directory of the study the flags point at (its name, or the space's, under its storage path)."""
+    name, storage_path, cache_dir = _address(given, space_name)
+    return study_dir(storage_path, name, cache_dir)
+
+
 def new_settings(given: dict[str, Any], space_name: str, *, cluster: bool) -> StudySettings:
     """A new study's settings: the flags given, defaults for the rest (``cluster``: the driver joins a cluster)."""
-    name, storage_path, cache_dir = where(given, space_name)
+    name, storage_path, cache_dir = _address(given, space_name)
     smoke = bool(given["smoke"])
     tracking_uri = given["tracking_uri"] or _tracking_uri(os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI)
 
