@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable
 import torch
 from torch import nn
 
+from spa.config import LEARNERS
 from spa.validation import is_finite_number, is_int
 
 __all__ = [
@@ -259,7 +260,7 @@ def mark_trainable(model: nn.Module, learner: str, *, head: str = "fc") -> None:
         model.requires_grad_(True)
         return
     if learner != "splora":
-        raise ValueError(f"unknown learner {learner!r}; allowed: 'finetune', 'splora'")
+        raise ValueError(f"unknown learner {learner!r}; allowed: {', '.join(map(repr, LEARNERS))}")
     model.requires_grad_(False)
     for module in model.modules():
         if isinstance(module, AdapterLayer):

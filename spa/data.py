@@ -1,9 +1,9 @@
 """Datasets as train / val / test splits, and their loaders.
 
 The val split is carved from the training data (seeded by the run seed, default 10 %) and is what a study
-optimises; the test split is only reported, never used to choose anything (the reference chose hyperparameters
-on the test set). Val and test loaders keep every sample: no shuffle, no ``drop_last`` (the reference's test
-loader dropped its last partial batch).
+optimises; the test split is only reported, never used to choose anything (the original research code chose
+hyperparameters on the test set, docs/METHOD.md). Val and test loaders keep every sample: no shuffle, no
+``drop_last`` (the original code's test loader dropped its last partial batch).
 
 Datasets (``dataset_names()``):
 
@@ -43,6 +43,8 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Subset
 from torchvision import datasets as tv_datasets
 from torchvision import transforms as T
+
+from spa.validation import is_int
 
 __all__ = [
     "DataError",
@@ -463,7 +465,7 @@ def make_loaders(
     batch is dropped only when it would hold a single sample, since BatchNorm cannot train on a batch of one.
     val / test: in order, every sample kept.
     """
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+    if not (is_int(batch_size) and batch_size >= 1):
         raise DataError(f"batch_size={batch_size!r} is not allowed; allowed: an integer >= 1")
     common = dict(num_workers=num_workers, pin_memory=pin_memory, persistent_workers=num_workers > 0)
     n_train = len(splits.train)  # type: ignore[arg-type]

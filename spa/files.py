@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-import tempfile
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 
@@ -15,16 +15,17 @@ def write_atomically(path: str | os.PathLike[str], write: Callable[[Path], None]
 
     The temporary file lives in the target's directory because ``os.replace`` is only atomic within one file
     system; it is removed if ``write`` fails (or the process is interrupted), and the old ``path`` stays intact.
+    ``write`` creates the temporary file itself, so the result has the permissions of any file this process
+    creates (``mkstemp`` would make it private, 0600: a cache shared by several users could not read it).
     Creates the parent directory. Returns ``path``.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(handle)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:12]}.tmp")
     try:
-        write(Path(temporary))
+        write(temporary)
         os.replace(temporary, path)
     except BaseException:
-        Path(temporary).unlink(missing_ok=True)
+        temporary.unlink(missing_ok=True)
         raise
     return path

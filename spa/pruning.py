@@ -1,9 +1,10 @@
 """Physical, dependency-aware channel pruning: a pruned channel is gone, not masked.
 
-The reference zeroes weights once and never again, so fine-tuning regrows them and SPLoRA's adapter rows keep the
-"pruned" channels alive; and it prunes one branch of a residual sum only. Here every pruned output channel is
-removed from the tensors of every layer that touches it (conv, BatchNorm, adapter factors, the next layers' inputs,
-the head), so no training step can bring it back, and channels tied by residual additions go together.
+The original research code (docs/METHOD.md) zeroes weights once and never again, so fine-tuning regrows them and
+SPLoRA's adapter rows keep the "pruned" channels alive; and it prunes one branch of a residual sum only. Here every
+pruned output channel is removed from the tensors of every layer that touches it (conv, BatchNorm, adapter
+factors, the next layers' inputs, the head), so no training step can bring it back, and channels tied by residual
+additions go together.
 
 Torch-Pruning's ``DependencyGraph`` finds those ties by tracing autograd. An adapted conv needs no custom pruner:
 ``SPLoRAConv2d.forward`` is ``base(x) + lora_b(lora_a(x))``, so the trace already shows the add that ties the

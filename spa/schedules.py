@@ -1,11 +1,10 @@
 """Density schedules for iterative pruning: the density the network is pruned to after each step.
 
-Refusals are ``ConfigError`` (a ``ValueError``) carrying the field and what is allowed.
-
 A schedule is a plain list of floats, strictly decreasing, each in (0, 1]; the experiment prunes to each in turn
-(with recovery training between steps), so the last entry is the final density. The reference removes a fixed 5%
-of the channels per step (``density_schedule(0.05, 19, "linear")``); a geometric schedule removes a fixed
-*fraction of what is left* instead, which is gentler at low densities where each channel matters more.
+(with recovery training between steps), so the last entry is the final density. The original research code
+removes a fixed 5% of the channels per step (``density_schedule(0.05, 19, "linear")``, see docs/METHOD.md); a
+geometric schedule removes a fixed *fraction of what is left* instead, which is gentler at low densities where
+each channel matters more. Refusals are ``ConfigError`` (a ``ValueError``) naming the field and what is allowed.
 """
 
 from __future__ import annotations

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import pickle
+import stat
 import subprocess
 import sys
 from fractions import Fraction
@@ -161,6 +162,13 @@ def test_write_atomically_replaces_the_file_and_leaves_nothing_else(tmp_path: Pa
     write_atomically(target, lambda path: path.write_text("c,d\n"))
     assert target.read_text() == "c,d\n"
     assert sorted(p.name for p in target.parent.iterdir()) == ["table.csv"]
+
+
+def test_write_atomically_gives_the_permissions_of_a_plainly_created_file(tmp_path: Path) -> None:
+    plain = tmp_path / "plain.txt"
+    plain.write_text("x")
+    atomic = write_atomically(tmp_path / "atomic.txt", lambda path: path.write_text("x"))
+    assert stat.S_IMODE(atomic.stat().st_mode) == stat.S_IMODE(plain.stat().st_mode)
 
 
 def test_write_atomically_keeps_the_old_file_when_writing_fails(tmp_path: Path) -> None:
