@@ -273,7 +273,7 @@ class StudyTracker(Callback):
             "criterion": str(config.get("criterion", "")),
         }
         if TRIAL_NUMBER in config:
-            tags["trial_number"] = str(config[TRIAL_NUMBER])
+            tags[TRIAL_NUMBER] = str(config[TRIAL_NUMBER])
         run = self.client.create_run(self.experiment_id, tags=tags, run_name=trial_name(trial))
         run_id = run.info.run_id
         self._log_params(run_id, self._settings(trial))

@@ -21,7 +21,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from spa.config import ConfigError
+from spa.config import PRETRAINED_DIGITS, ConfigError
 from study.names import DEFAULT_TRACKING_URI
 from study.plan import plan
 from study.run import INTERRUPTED, run_study
@@ -89,8 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
     task.add_argument(
         "--weights",
         default=None,
-        help="pretrained-digits (trained once before the trials, cached), imagenet, none or a state-dict file "
-        "(default: the space's, e.g. pretrained-digits)",
+        help=f"{PRETRAINED_DIGITS} (trained once before the trials, cached), imagenet, none or a state-dict file "
+        f"(default: the space's, e.g. {PRETRAINED_DIGITS})",
     )
     task.add_argument(
         "--cache-dir", default=None, help="cache of pretrained backbones (default: $SPA_CACHE_DIR or ~/.cache/spa)"
