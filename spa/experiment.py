@@ -114,7 +114,14 @@ def run_experiment(
 
     with _checkpoint_directory(checkpoint_root) as checkpoints:
         setting = _Setting(
-            config, device, loaders, scoring_loader, reference_channels, checkpoints, report, log or _silent
+            config=config,
+            device=device,
+            loaders=loaders,
+            scoring_loader=scoring_loader,
+            reference_channels=reference_channels,
+            checkpoints=checkpoints,
+            report=report,
+            log=log or _silent,
         )
         if start_step == 0:
             loss = _train(setting, model, step=0, epochs=config.optim.epochs)
