@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable
 import torch
 from torch import nn
 
+from spa import fused
 from spa.config import LEARNERS
 from spa.validation import is_finite_number, is_int
 
@@ -120,6 +121,11 @@ class SPLoRAConv2d(_SPLoRALayer):
     @property
     def out_channels(self) -> int:
         return self.base_layer.out_channels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if fused.applies(self):  # training with a frozen base: one conv with W + dW (spa/fused.py), same result
+            return fused.centre_tap_conv2d(x, self.base_layer, self.lora_a.weight, self.lora_b.weight)
+        return super().forward(x)
 
     def get_delta_weight(self) -> torch.Tensor:
         """The update as a full kernel: B @ A at the centre tap, zero elsewhere. Shape (out, in, k, k)."""
