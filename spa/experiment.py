@@ -27,6 +27,7 @@ from spa import adapters, counting
 from spa.checkpoint import load_checkpoint, resize_to, save_checkpoint
 from spa.config import PRETRAINED_DIGITS, ExperimentConfig, RuntimeConfig
 from spa.criteria import score_channels
+from spa.cuda_only import check_cuda_only
 from spa.data import Loaders, load_splits, make_loaders, score_loader
 from spa.metrics import EXTRA_METRIC_NAMES, METRIC_NAMES
 from spa.models import build_resnet
@@ -103,6 +104,7 @@ def run_experiment(
     ``resume_from`` is such a directory: the experiment continues with the next step and repeats no work.
     """
     device = resolve_device(config.runtime.device)
+    check_cuda_only(device, bf16=config.runtime.bf16)  # bf16 autocast exists on CUDA only: say so, not run fp32
     densities = pruning_densities(config)
     _prepare_runtime(config.runtime)
     loaders, scoring_loader = _load_data(config, device)
