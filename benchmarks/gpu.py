@@ -16,7 +16,7 @@ learns every parameter. For each setting:
   the GPU for ``r50_224``);
 - model only: training steps on one batch already on the GPU;
 - end to end: training steps fed by the GPU-resident loader, and by the PIL loader with ``--workers`` workers,
-  without a host sync per step (``spa.nosync``'s loop: the loss stays on the GPU);
+  without a host sync per step (as ``spa.training.train_one_epoch`` on CUDA: the loss stays on the GPU);
 - peak allocated memory of each training variant.
 Variants are timed interleaved, round-robin in blocks of ``--steps`` batches (after ``--warmup`` untimed ones), so
 clock and thermal drift hit all alike; images/s is that of the median block. ``--compile`` adds
@@ -53,6 +53,7 @@ from spa.adapters import add_splora, mark_trainable
 from spa.data import IMAGENET_MEAN, IMAGENET_STD, DatasetInfo
 from spa.gpu_data import CROP_PADDING, Augmentation, DeviceLoader, DeviceSet
 from spa.models import build_resnet
+from spa.training import autocast
 
 CIFAR10_TRAIN_IMAGES = 45_000  # 50,000 less the 10 % val split
 CIFAR10_EVAL_IMAGES = 15_000  # val 5,000 + test 10,000, evaluated after every step
@@ -185,10 +186,6 @@ def build_model(arch: str, setting: Setting, learner: str, rank: int, device: to
     return model.to(device, memory_format=torch.channels_last).train()
 
 
-def _autocast(device: torch.device):
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
-
-
 def training_block(
     model: nn.Module, batches: Iterator[tuple[torch.Tensor, torch.Tensor]], steps: int, device: torch.device
 ) -> Callable[[], None]:
@@ -202,7 +199,7 @@ def training_block(
         for _ in range(steps):
             x, y = next(batches)
             optimizer.zero_grad(set_to_none=True)
-            with _autocast(device):
+            with autocast(device, bf16=True):
                 loss = loss_fn(model(x), y)
             loss.backward()
             optimizer.step()

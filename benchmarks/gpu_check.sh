@@ -12,6 +12,6 @@ fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
 echo "== GPU test subset"
 timeout 240 "$PYTHON" -m pytest -q -p no:cacheprovider tests/spa/test_cuda.py tests/spa/test_fused.py \
-    tests/spa/test_gpu_data.py tests/spa/test_nosync.py
+    tests/spa/test_gpu_data.py tests/spa/test_nosync.py tests/spa/test_training.py
 echo "== benchmarks/gpu.py"
 timeout 300 "$PYTHON" benchmarks/gpu.py "$@"

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from spa import adapters, counting
+from spa import adapters, counting, gpu_data
 from spa.checkpoint import load_checkpoint, resize_to, save_checkpoint
 from spa.config import PRETRAINED_DIGITS, ExperimentConfig, RuntimeConfig
 from spa.criteria import score_channels
@@ -62,6 +62,9 @@ __all__ = [
 ]
 
 
+# The training samples in order with eval transforms: a DataLoader, or on CUDA the device-resident one.
+ScoringLoader = DataLoader | gpu_data.DeviceLoader
+
 # report(metrics, checkpoint_dir): checkpoint_dir holds checkpoint.pt of this step, or is None.
 Report = Callable[[dict[str, float], "str | None"], None]
 
@@ -73,7 +76,7 @@ class _Setting:
     config: ExperimentConfig
     device: torch.device
     loaders: Loaders
-    scoring_loader: DataLoader
+    scoring_loader: ScoringLoader
     reference_channels: int  # conv output channels of the unpruned network: density's denominator
     checkpoints: Path
     report: Report | None
@@ -151,11 +154,13 @@ def _prepare_runtime(runtime: RuntimeConfig) -> None:
     seed_everything(runtime.seed)
 
 
-def _load_data(config: ExperimentConfig, device: torch.device) -> tuple[Loaders, DataLoader]:
+def _load_data(config: ExperimentConfig, device: torch.device) -> tuple[Loaders, ScoringLoader]:
     data, seed = config.data, config.runtime.seed
     splits = load_splits(
         data.dataset, data_dir=data.data_dir, download=data.download, val_fraction=data.val_fraction, seed=seed
     )
+    if device.type == "cuda" and data.dataset in gpu_data.SUPPORTED:  # held and augmented on the GPU
+        return gpu_data.device_loaders(splits, batch_size=data.batch_size, seed=seed, device=device)
     loaders = make_loaders(
         splits, batch_size=data.batch_size, num_workers=data.num_workers, seed=seed, pin_memory=device.type == "cuda"
     )

@@ -9,10 +9,10 @@ import pytest
 import torch
 from torch import nn
 
-from spa import fused, nosync
+from spa import fused, training
 from spa.adapters import SPLoRAConv2d, add_splora
 from spa.data import _INFOS
-from spa.experiment import _reseed
+from spa.training import _reseed
 from spa.gpu_data import Augmentation, DeviceLoader, DeviceSet
 from spa.models import build_resnet
 
@@ -46,7 +46,7 @@ def test_splora_resnet_trains_with_bf16_and_channels_last() -> None:
     model = add_splora(build_resnet("resnet50", 10, cifar_stem=True), 8, 1e-3).to(CUDA, memory_format=torch.channels_last)
     optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.01, momentum=0.9)
     batches = [(torch.randn(16, 3, 32, 32, device=CUDA), torch.randint(0, 10, (16,), device=CUDA)) for _ in range(3)]
-    loss = nosync.train_one_epoch(model, batches, optimizer, CUDA, seed=0, bf16=True, check_every=2)
+    loss = training.train_one_epoch(model, batches, optimizer, CUDA, seed=0, bf16=True, check_every=2)
     assert loss == loss and loss > 0
     assert all(m.base_layer.weight.grad is None for m in model.modules() if isinstance(m, SPLoRAConv2d))
 

@@ -1,4 +1,5 @@
-"""The sync-free training epoch: the eager epoch's mean loss and state, and divergence still stops it."""
+"""The epoch that reads the loss every N batches (CUDA's default): the per-batch epoch's mean loss and state, and
+divergence still stops it before the epoch returns."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from spa import experiment, nosync
+from spa import training
 
 
 def _setup(seed: int = 0):
@@ -21,10 +22,10 @@ def _setup(seed: int = 0):
 def test_same_mean_loss_and_parameters_as_the_eager_epoch() -> None:
     model, batches = _setup()
     other = copy.deepcopy(model)
-    eager = experiment.train_one_epoch(
-        model, batches, torch.optim.SGD(model.parameters(), lr=0.1), torch.device("cpu"), seed=3
+    eager = training.train_one_epoch(
+        model, batches, torch.optim.SGD(model.parameters(), lr=0.1), torch.device("cpu"), seed=3, check_every=1
     )
-    deferred = nosync.train_one_epoch(
+    deferred = training.train_one_epoch(
         other, batches, torch.optim.SGD(other.parameters(), lr=0.1), torch.device("cpu"), seed=3, check_every=3
     )
     assert deferred == pytest.approx(eager, rel=1e-6)
@@ -43,8 +44,8 @@ def test_a_nan_stops_the_epoch_before_it_returns(bad_batch: int, check_every: in
             seen.append(index)
             yield batch
 
-    with pytest.raises(experiment.NonFiniteLossError, match="loss became nan between batches"):
-        nosync.train_one_epoch(
+    with pytest.raises(training.NonFiniteLossError, match="loss became nan (at batch|between batches)"):
+        training.train_one_epoch(
             model, loader(), torch.optim.SGD(model.parameters(), lr=0.1), torch.device("cpu"), seed=0,
             check_every=check_every,
         )
@@ -55,5 +56,5 @@ def test_a_nan_stops_the_epoch_before_it_returns(bad_batch: int, check_every: in
 def test_check_every_must_be_a_positive_integer() -> None:
     model, batches = _setup()
     with pytest.raises(ValueError, match="check_every=0"):
-        nosync.train_one_epoch(model, batches, torch.optim.SGD(model.parameters(), lr=0.1), torch.device("cpu"),
+        training.train_one_epoch(model, batches, torch.optim.SGD(model.parameters(), lr=0.1), torch.device("cpu"),
                                seed=0, check_every=0)
