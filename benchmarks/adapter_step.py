@@ -107,16 +107,15 @@ def main(argv: list[str] | None = None) -> int:
         "reference": (reference_splora(network(), args.rank, 1e-3), True),
     }
     steps = {
-        name: make_step(model, args.batch_size, args.size, classes, fuse=fuse) for name, (model, fuse) in variants.items()
+        name: make_step(model, args.batch_size, args.size, classes, fuse=fuse)
+        for name, (model, fuse) in variants.items()
     }
     times = round_robin(steps, args.rounds, args.warmup)
     medians = {name: statistics.median(values) for name, values in times.items()}
     for name, value in medians.items():
         spread = max(times[name]) / min(times[name])
         print(f"{name:>16}: median step {value * 1e3:7.1f} ms over {len(times[name])} rounds, spread {spread:.2f}")
-    ratios = {
-        name: medians[name] / medians["floor"] for name in ("finetune", "splora_two_conv", "reference")
-    }
+    ratios = {name: medians[name] / medians["floor"] for name in ("finetune", "splora_two_conv", "reference")}
     print(" ".join(f"{name}_vs_floor={value:.2f}" for name, value in ratios.items()))
     print(
         f"splora_vs_finetune={medians['splora'] / medians['finetune']:.2f} "

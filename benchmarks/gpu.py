@@ -140,8 +140,13 @@ def pil_batches(
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     resize = [T.Resize(setting.size)] if setting.size != 32 else []
     transform = T.Compose(
-        [T.RandomCrop(32, padding=CROP_PADDING), T.RandomHorizontalFlip(), *resize, T.ToTensor(),
-         T.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
+        [
+            T.RandomCrop(32, padding=CROP_PADDING),
+            T.RandomHorizontalFlip(),
+            *resize,
+            T.ToTensor(),
+            T.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+        ]
     )
     loader = DataLoader(
         _PILSet(images, labels, transform),
@@ -305,8 +310,10 @@ def measure_setting(
     for name, values in times.items():
         rates[name] = throughput(batch * steps, values)
         memory = f", peak {peak[name] / 2**30:.2f} GiB" if peak[name] else ""
-        log(f"{setting.name}: {name:>32} {rates[name]:9.1f} images/s (max/min block {max(values) / min(values):.2f})"
-            f"{memory}")
+        log(
+            f"{setting.name}: {name:>32} {rates[name]:9.1f} images/s (max/min block {max(values) / min(values):.2f})"
+            f"{memory}"
+        )
     rates.update({f"peak_GiB:{name}": peak[name] / 2**30 for name in times})
     rates.update({f"compile_s:{learner}": seconds for learner, seconds in compile_seconds.items()})
     return rates
@@ -345,11 +352,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     results: dict[str, dict[str, float]] = {}
     for name in chosen:
         setting = settings[name]
-        print(f"{name}: {args.arch} at {setting.size} px, batch {setting.batch_size}, bf16, channels-last, SPLoRA "
-              f"rank {args.rank}; {args.rounds} blocks of {args.steps} batches per variant, round-robin", flush=True)
+        print(
+            f"{name}: {args.arch} at {setting.size} px, batch {setting.batch_size}, bf16, channels-last, SPLoRA "
+            f"rank {args.rank}; {args.rounds} blocks of {args.steps} batches per variant, round-robin",
+            flush=True,
+        )
         results[name] = measure_setting(
-            setting, arch=args.arch, rank=args.rank, images=args.images, workers=args.workers, steps=args.steps,
-            rounds=args.rounds, warmup=args.warmup, compile_models=args.compile, device=device,
+            setting,
+            arch=args.arch,
+            rank=args.rank,
+            images=args.images,
+            workers=args.workers,
+            steps=args.steps,
+            rounds=args.rounds,
+            warmup=args.warmup,
+            compile_models=args.compile,
+            device=device,
             log=lambda message: print(message, flush=True),
         )
         figures = summary(results[name])

@@ -44,9 +44,7 @@ def applies(layer: nn.Module) -> bool:
     return _enabled and layer.training and not layer.base_layer.weight.requires_grad
 
 
-def centre_tap_conv2d(
-    x: torch.Tensor, base: nn.Conv2d, lora_a: torch.Tensor, lora_b: torch.Tensor
-) -> torch.Tensor:
+def centre_tap_conv2d(x: torch.Tensor, base: nn.Conv2d, lora_a: torch.Tensor, lora_b: torch.Tensor) -> torch.Tensor:
     """``base(x) + conv1x1(conv1x1(x, lora_a, stride), lora_b)`` as one conv; ``lora_a`` is (r, in, 1, 1),
     ``lora_b`` is (out, r, 1, 1). Needs an odd square kernel with padding k // 2, groups 1, dilation 1."""
     return _CentreTapConv2d.apply(x, base.weight, base.bias, lora_a, lora_b, base.stride, base.padding)

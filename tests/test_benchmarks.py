@@ -243,8 +243,11 @@ def test_gpu_throughput_helpers() -> None:
     assert gpu.throughput(640, [2.0, 1.0, 4.0]) == pytest.approx(320.0)
     # 45,000 images x 410 epochs at 15,375 images/s = 20 min, plus 20 eval passes of 15,000 at 3x the rate.
     assert gpu.paper_trial_minutes(15_375.0) == pytest.approx(20.0 + 20 * 15_000 / (3 * 15_375.0) / 60)
-    rates = {"end_to_end_gpu_resident_splora": 900.0, "model_only_splora": 1000.0,
-             "end_to_end_gpu_resident_finetune": 600.0}
+    rates = {
+        "end_to_end_gpu_resident_splora": 900.0,
+        "model_only_splora": 1000.0,
+        "end_to_end_gpu_resident_finetune": 600.0,
+    }
     figures = gpu.summary(rates)
     assert figures["end_to_end_over_model_only"] == pytest.approx(0.9)
     assert figures["splora_over_finetune"] == pytest.approx(1.5)
@@ -256,8 +259,17 @@ def test_gpu_measurement_runs_on_cpu_tensors() -> None:
     gpu = load("gpu")
     setting = gpu.Setting("cifar32", 32, True, 2)
     rates = gpu.measure_setting(
-        setting, arch="resnet18", rank=2, images=8, workers=0, steps=1, rounds=1, warmup=1,
-        compile_models=False, device=torch.device("cpu"), log=lambda message: None,
+        setting,
+        arch="resnet18",
+        rank=2,
+        images=8,
+        workers=0,
+        steps=1,
+        rounds=1,
+        warmup=1,
+        compile_models=False,
+        device=torch.device("cpu"),
+        log=lambda message: None,
     )
     for name in ("loader_pil_w0", "loader_gpu_resident", "model_only_splora", "end_to_end_gpu_resident_finetune"):
         assert rates[name] > 0, name

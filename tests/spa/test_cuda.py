@@ -43,7 +43,9 @@ def test_fused_conv_matches_two_conv_path_in_fp32_and_under_bf16_autocast(stride
 
 def test_splora_resnet_trains_with_bf16_and_channels_last() -> None:
     torch.manual_seed(0)
-    model = add_splora(build_resnet("resnet50", 10, cifar_stem=True), 8, 1e-3).to(CUDA, memory_format=torch.channels_last)
+    model = add_splora(build_resnet("resnet50", 10, cifar_stem=True), 8, 1e-3).to(
+        CUDA, memory_format=torch.channels_last
+    )
     optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.01, momentum=0.9)
     batches = [(torch.randn(16, 3, 32, 32, device=CUDA), torch.randint(0, 10, (16,), device=CUDA)) for _ in range(3)]
     loss = training.train_one_epoch(model, batches, optimizer, CUDA, seed=0, bf16=True, check_every=2)
@@ -52,10 +54,12 @@ def test_splora_resnet_trains_with_bf16_and_channels_last() -> None:
 
 
 def test_device_loader_on_cuda_is_seeded_and_covers_the_crop_support() -> None:
-    data = DeviceSet(torch.randint(0, 256, (50, 3, 32, 32), dtype=torch.uint8, device=CUDA),
-                     torch.arange(50, device=CUDA))
-    loader = DeviceLoader(data, batch_size=16, info=_INFOS["cifar10"], shuffle=True,
-                          augmentation=Augmentation(4, True), seed=0)
+    data = DeviceSet(
+        torch.randint(0, 256, (50, 3, 32, 32), dtype=torch.uint8, device=CUDA), torch.arange(50, device=CUDA)
+    )
+    loader = DeviceLoader(
+        data, batch_size=16, info=_INFOS["cifar10"], shuffle=True, augmentation=Augmentation(4, True), seed=0
+    )
     _reseed(loader, 7)
     first = [(x.clone(), y.clone()) for x, y in loader]
     _reseed(loader, 7)

@@ -86,13 +86,15 @@ def test_training_batches_are_crops_of_the_normalised_padded_images() -> None:
     splits = _fake_splits("cifar10")
     loaders, _ = device_loaders(splits, batch_size=8, seed=3, device="cpu")
     plain = torch.stack([splits.train_eval[i][0] for i in range(len(splits.train_eval))])
-    blank = torch.tensor([-m / s for m, s in zip(spa_data.IMAGENET_MEAN, spa_data.IMAGENET_STD)]).view(3, 1, 1)
+    blank = torch.tensor([-m / s for m, s in zip(spa_data.IMAGENET_MEAN, spa_data.IMAGENET_STD, strict=True)]).view(
+        3, 1, 1
+    )
     padded = blank.expand(len(plain), 3, 40, 40).clone()
     padded[:, :, 4:36, 4:36] = plain
     labels = torch.tensor([int(splits.train_eval[i][1]) for i in range(len(plain))])
     # Each augmented image must be one of the 162 crops/flips of a training image with its label.
     for images, batch_labels in loaders.train:
-        for image, label in zip(images, batch_labels):
+        for image, label in zip(images, batch_labels, strict=True):
             found = False
             for index in torch.nonzero(labels == label).flatten().tolist():
                 for i, j in itertools.product(range(9), range(9)):
@@ -115,8 +117,9 @@ def test_digits_match_the_digits_dataset() -> None:
 
 
 def test_an_epoch_visits_every_sample_once_and_reseeding_replays_it() -> None:
-    data = DeviceSet(torch.arange(33, dtype=torch.uint8).view(33, 1, 1, 1).expand(33, 1, 4, 4).clone(),
-                     torch.arange(33))
+    data = DeviceSet(
+        torch.arange(33, dtype=torch.uint8).view(33, 1, 1, 1).expand(33, 1, 4, 4).clone(), torch.arange(33)
+    )
     info = spa_data._INFOS["cifar10"]
     loader = DeviceLoader(data, batch_size=4, info=info, shuffle=True, augmentation=Augmentation(1, True), seed=5)
     assert len(loader) == 8 and loader.drop_last  # 33 = 8 * 4 + 1: the lone sample is dropped, as make_loaders

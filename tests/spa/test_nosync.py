@@ -46,7 +46,11 @@ def test_a_nan_stops_the_epoch_before_it_returns(bad_batch: int, check_every: in
 
     with pytest.raises(training.NonFiniteLossError, match="loss became nan (at batch|between batches)"):
         training.train_one_epoch(
-            model, loader(), torch.optim.SGD(model.parameters(), lr=0.1), torch.device("cpu"), seed=0,
+            model,
+            loader(),
+            torch.optim.SGD(model.parameters(), lr=0.1),
+            torch.device("cpu"),
+            seed=0,
             check_every=check_every,
         )
     # Stopped at the first check after the bad batch: at most check_every - 1 batches later.
@@ -56,5 +60,6 @@ def test_a_nan_stops_the_epoch_before_it_returns(bad_batch: int, check_every: in
 def test_check_every_must_be_a_positive_integer() -> None:
     model, batches = _setup()
     with pytest.raises(ValueError, match="check_every=0"):
-        training.train_one_epoch(model, batches, torch.optim.SGD(model.parameters(), lr=0.1), torch.device("cpu"),
-                               seed=0, check_every=0)
+        training.train_one_epoch(
+            model, batches, torch.optim.SGD(model.parameters(), lr=0.1), torch.device("cpu"), seed=0, check_every=0
+        )
