@@ -2,9 +2,10 @@
 
 The update dW = B @ A sits at the kernel's centre tap. For a k x k convolution with padding k // 2 that is the
 same as a 1 x 1 convolution of the same stride on the same input, so the adapter runs as its own two-conv path:
-the frozen base conv then needs no weight gradient, and W + dW is never materialised while training
-(the original research package builds W + dW every forward, which made its step slower than full fine-tuning;
-see docs/METHOD.md).
+the frozen base conv then needs no weight gradient (the original research package builds W + dW every forward and
+backpropagates through it, which made its step slower than full fine-tuning; see docs/METHOD.md). While training a
+frozen base, ``SPLoRAConv2d`` runs one conv with W + dW instead, whose backward computes the input gradient and only
+the centre tap's 1x1 weight gradient (``spa.fused``): the same outputs and gradients, fewer passes.
 """
 
 from __future__ import annotations

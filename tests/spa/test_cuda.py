@@ -12,9 +12,9 @@ from torch import nn
 from spa import fused, training
 from spa.adapters import SPLoRAConv2d, add_splora
 from spa.data import _INFOS
-from spa.training import _reseed
 from spa.gpu_data import Augmentation, DeviceLoader, DeviceSet
 from spa.models import build_resnet
+from spa.training import _reseed
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 CUDA = torch.device("cuda")

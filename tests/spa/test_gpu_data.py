@@ -13,8 +13,8 @@ from torchvision.transforms import functional as TF
 
 from spa import data as spa_data
 from spa.digits import DIGITS_MAX_SHIFT
-from spa.training import _reseed
 from spa.gpu_data import Augmentation, DeviceLoader, DeviceSet, augment, device_loaders, draw_augmentation
+from spa.training import _reseed
 
 
 class _FakeTorchvisionSet:
