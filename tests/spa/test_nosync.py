@@ -63,3 +63,15 @@ def test_check_every_must_be_a_positive_integer() -> None:
         training.train_one_epoch(
             model, batches, torch.optim.SGD(model.parameters(), lr=0.1), torch.device("cpu"), seed=0, check_every=0
         )
+
+
+def test_on_the_cpu_the_default_reads_every_batch_before_its_step() -> None:
+    model, batches = _setup()
+    before = copy.deepcopy(model.state_dict())
+    batches[0] = (torch.full_like(batches[0][0], float("nan")), batches[0][1])
+    with pytest.raises(training.NonFiniteLossError, match="loss became nan at batch 0"):
+        training.train_one_epoch(
+            model, batches, torch.optim.SGD(model.parameters(), lr=0.1), torch.device("cpu"), seed=0
+        )
+    for name, value in model.state_dict().items():  # the diverged batch never updated the model
+        torch.testing.assert_close(value, before[name])
