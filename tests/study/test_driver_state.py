@@ -3,6 +3,7 @@ and their restore on a machine that has none of them."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sqlite3
 import threading
@@ -248,6 +249,6 @@ def test_latest_json_is_plain_data(tmp_path) -> None:
     assert manifest["generation"] == 1 and manifest["reasons"] == ["why"]
     assert manifest["files"]["f"] == {
         "size": 1,
-        "sha256": __import__("hashlib").sha256(b"x").hexdigest(),
+        "sha256": hashlib.sha256(b"x").hexdigest(),
         "sqlite": False,
     }
