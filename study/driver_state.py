@@ -39,6 +39,8 @@ from typing import Any
 
 import pyarrow.fs as pafs
 
+from spa.files import write_atomically
+
 __all__ = [
     "LATEST",
     "SNAPSHOT_DIR",
@@ -233,30 +235,27 @@ def restore_snapshot(
         target = Path(target)
         if entry is None or (target.exists() and not overwrite):
             continue
-        target.parent.mkdir(parents=True, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".restoring", dir=target.parent)
-        os.close(handle)
-        try:
+        where = _join(snapshot.directory, name)
+
+        def fetch(temporary: Path, name: str = name, entry: Mapping[str, Any] = entry, where: str = where) -> None:
             digest = hashlib.sha256()
-            with fs.open_input_stream(f"{directory}/{name}") as stream, open(temporary, "wb") as out:
-                while chunk := stream.read(_CHUNK):
-                    digest.update(chunk)
-                    out.write(chunk)
-            size = Path(temporary).stat().st_size
+            try:
+                with fs.open_input_stream(f"{directory}/{name}") as stream, open(temporary, "wb") as out:
+                    while chunk := stream.read(_CHUNK):
+                        digest.update(chunk)
+                        out.write(chunk)
+            except FileNotFoundError:
+                raise SnapshotError(f"{where} is missing; the snapshot is damaged") from None
+            size = temporary.stat().st_size
             if size != entry["size"] or digest.hexdigest() != entry["sha256"]:
                 raise SnapshotError(
-                    f"{_join(snapshot.directory, name)} does not match {LATEST} ({size} bytes, expected "
-                    f"{entry['size']}); the snapshot is damaged"
+                    f"{where} does not match {LATEST} ({size} bytes, expected {entry['size']}); the snapshot is damaged"
                 )
-            if entry.get("sqlite"):
-                problem = sqlite_problem(temporary)
-                if problem:
-                    raise SnapshotError(f"{_join(snapshot.directory, name)} is not a usable database: {problem}")
-            os.replace(temporary, target)
-        except FileNotFoundError:
-            raise SnapshotError(f"{_join(snapshot.directory, name)} is missing; the snapshot is damaged") from None
-        finally:
-            Path(temporary).unlink(missing_ok=True)
+            problem = sqlite_problem(temporary) if entry.get("sqlite") else None
+            if problem:
+                raise SnapshotError(f"{where} is not a usable database: {problem}")
+
+        write_atomically(target, fetch)
         written.append(target)
     return written
 
