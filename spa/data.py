@@ -68,6 +68,7 @@ __all__ = [
     "IMAGENET_STD",
     "DigitsDataset",
     "dataset_names",
+    "uses_cifar_stem",
     "default_data_dir",
     "load_splits",
     "make_loaders",
@@ -245,6 +246,12 @@ _DIGITS_FIRST = {"digits-source": 0, "digits": 5}
 def dataset_names() -> list[str]:
     """The registered dataset names; ``imagefolder:PATH`` is accepted as well."""
     return list(_INFOS)
+
+
+def uses_cifar_stem(name: str) -> bool:
+    """Whether a model for dataset ``name`` gets the CIFAR stem (32 px inputs); ``imagefolder:PATH`` does not."""
+    info = _INFOS.get(name)
+    return bool(info and info.cifar_stem)
 
 
 def load_splits(
