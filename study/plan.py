@@ -1,15 +1,28 @@
 """The plan of a study: its settings and the search space every trial gets, resolved and checked before anything
-starts (no Ray, Optuna or MLflow yet). Checks that need the space, or a look at the data, are made here.
+starts (no Ray, Optuna or MLflow yet). Checks that need the space, or a look at the data, are made here, and so
+are the cheap checks of what the flags point at (``study.preflight``: the tracking server answers, the weights fit,
+the storage path is writable, ...).
+
+On ``--resume`` a study whose driver state is missing here (a new head node) gets it back from the latest snapshot
+beside its trials (``study.driver_state``) before its settings are read.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import time
+from pathlib import Path
 from typing import Any
 
 from spa.config import ExperimentConfig
+from study import preflight
 from study.settings import (
+    DEFAULT_STORAGE_PATH,
+    MANIFEST,
+    MLFLOW_DB,
+    OPTUNA_DB,
     SMOKE_BUDGET,
     StudySettings,
     UsageError,
@@ -17,6 +30,7 @@ from study.settings import (
     given_settings,
     new_settings,
     resumed_settings,
+    snapshot_location_of,
     where,
 )
 from study.spaces import SearchSpace, load_space
@@ -29,10 +43,32 @@ def plan(args: argparse.Namespace) -> tuple[StudySettings, SearchSpace]:
     check_flags(args)
     given = given_settings(args)
     space = None if args.space is None else load_space(args.space)
+    preflight.check_address(args.address or os.environ.get("RAY_ADDRESS"))
+    preflight.check_writable_dir("--storage-path", given["storage_path"] or DEFAULT_STORAGE_PATH)
+    if given["cache_dir"]:
+        preflight.check_writable_dir("--cache-dir", given["cache_dir"])
+    if given["optuna_storage"]:
+        preflight.check_optuna_storage(given["optuna_storage"])
     if args.resume:
         space_name = None if space is None else space.name
         directory = where(given, space_name)
+        location = snapshot_location_of(given, space_name)
+        _restore_driver_state(directory, location)
+        if not directory.exists():
+            raise UsageError(
+                f"--resume: no study at {directory}, nor a snapshot of one at {location}; "
+                "run without --resume to start it"
+            )
+        remedy = _resume_remedy(location)
+        if (directory / MANIFEST).is_file():  # its absence is said by resumed_settings
+            preflight.check_resume_state(manifest=directory / MANIFEST, optuna_db=None, study_name="", remedy=remedy)
         settings = resumed_settings(given, directory, space_name=space_name)
+        preflight.check_resume_state(
+            manifest=directory / MANIFEST,
+            optuna_db=_sqlite_file(settings.optuna_url),
+            study_name=settings.name,
+            remedy=remedy,
+        )
         space = load_space(directory / f"{settings.space}.toml")  # the study's copy, as it started
     else:
         settings = new_settings(given, space.name, cluster=bool(args.address or os.environ.get("RAY_ADDRESS")))
@@ -41,11 +77,110 @@ def plan(args: argparse.Namespace) -> tuple[StudySettings, SearchSpace]:
                 f"a study named {settings.name!r} exists at {settings.study_dir}; "
                 "pass --resume to continue it, or another --name"
             )
+        _check_new_optuna_study(settings)
+    preflight.check_writable_dir("--cache-dir", settings.cache_dir)
     space = space.with_overrides(overrides(settings, space))
     if settings.scheduler == "asha" and max_final_step(space) < 1:
         raise UsageError("--scheduler asha stops trials at pruning steps, but this space prunes no step")
     _check_datasets(space)
+    _check_weights(space)
+    preflight.check_tracking_uri(settings.tracking_uri)
     return settings, space
+
+
+# --- the driver's state on --resume ----------------------------------------------------------------------------------
+
+
+def _restore_driver_state(directory: Path, location: str) -> None:
+    """Bring back from the latest snapshot at ``location`` every piece of the driver's state missing here: the
+    manifest, the study's space, the Optuna db and the MLflow SQLite store (where the manifest says they live)."""
+    from study.driver_state import SnapshotError, read_latest, restore_snapshot
+
+    try:
+        snapshot = read_latest(location)
+        if snapshot is None:
+            return
+        written = restore_snapshot(snapshot, {MANIFEST: directory / MANIFEST})
+        try:
+            manifest = json.loads((directory / MANIFEST).read_text())
+            targets = {f"{manifest['space']}.toml": directory / f"{manifest['space']}.toml"}
+            optuna_db = _sqlite_file(manifest.get("optuna_storage") or f"sqlite:///{directory / OPTUNA_DB}")
+            mlflow_db = _sqlite_file(manifest["tracking_uri"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return  # an unreadable manifest is said, with what to do, by the checks that follow
+        if optuna_db is not None:
+            targets[OPTUNA_DB] = optuna_db
+        if mlflow_db is not None:
+            targets[MLFLOW_DB] = mlflow_db
+        written += restore_snapshot(snapshot, targets)
+    except SnapshotError as error:
+        raise UsageError(f"--resume: {error}; restore {location} from a backup, or start a new study") from None
+    if written:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(snapshot.created))
+        paths = ", ".join(str(path) for path in written)
+        print(f"restored from {location} (snapshot {snapshot.generation} of {when}): {paths}", flush=True)
+
+
+def _resume_remedy(location: str) -> str:
+    """What to do about a damaged file of the driver's state: restore it from the snapshot, if there is one."""
+    from study.driver_state import SnapshotError, read_latest
+
+    try:
+        if read_latest(location) is not None:
+            return f"move it away and --resume restores it from the snapshot at {location}"
+    except SnapshotError:
+        pass
+    return "start a new study with another --name"
+
+
+def _sqlite_file(url: str) -> Path | None:
+    from study.driver_state import sqlite_path
+
+    return sqlite_path(url)
+
+
+def _check_new_optuna_study(settings: StudySettings) -> None:
+    """A new study in a shared Optuna database must not take a name already there."""
+    url = settings.optuna_storage
+    if not url:
+        return
+    path = _sqlite_file(url)
+    if path is not None and not path.exists():
+        return
+    import optuna  # local: only a study given --optuna-storage looks into it before it starts
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        names = optuna.study.get_all_study_names(storage=url)
+    except Exception as error:  # noqa: BLE001 - SQLAlchemy's errors: refused login, no such database, ...
+        first = str(error).splitlines()[0] if str(error) else ""
+        raise UsageError(
+            f"--optuna-storage {preflight.hide_password(url)}: cannot open it ({type(error).__name__}: {first}); "
+            "check the URL, user and password"
+        ) from None
+    if settings.name in names:
+        raise UsageError(
+            f"--optuna-storage {preflight.hide_password(url)} holds a study named {settings.name!r}; "
+            "pass --resume to continue it, or another --name"
+        )
+
+
+# --- what a trial will load ------------------------------------------------------------------------------------------
+
+
+def _check_weights(space: SearchSpace) -> None:
+    """A state-dict file fits every architecture and stem a trial may build; ImageNet weights can be had."""
+    from spa.config import NAMED_WEIGHTS
+
+    archs = space_values(space, "arch")
+    for weights in space_values(space, "weights"):
+        if weights == "imagenet":
+            preflight.check_imagenet_weights(archs)
+        elif weights not in NAMED_WEIGHTS and weights is not None:
+            from spa.data import uses_cifar_stem
+
+            stems = [uses_cifar_stem(dataset) for dataset in space_values(space, "dataset")]
+            preflight.check_weights(weights, archs=archs, cifar_stems=stems)
 
 
 def overrides(settings: StudySettings, space: SearchSpace) -> dict[str, Any]:

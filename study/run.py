@@ -1,5 +1,6 @@
 """The run of a planned study: connect to Ray, fit the trials to its nodes, pretrain the backbone once, build the
-tuner (Optuna searcher, scheduler, MLflow callback) and fit it, then print the summary.
+tuner (Optuna searcher, scheduler, MLflow callback, snapshots of the driver's state beside the trials) and fit it,
+then print the summary.
 
 The plan (``study.plan``) has checked every input before this starts.
 """
@@ -16,8 +17,9 @@ from typing import Any
 
 from spa.config import PRETRAINED_DIGITS, ExperimentConfig
 from study.names import trial_dirname, trial_name
+from study.outcome import FAILED, failures_verdict
 from study.plan import max_final_step, space_values
-from study.settings import StudySettings, UsageError, write_manifest
+from study.settings import MANIFEST, MLFLOW_DB, OPTUNA_DB, StudySettings, UsageError, write_manifest
 from study.spaces import SearchSpace
 
 __all__ = ["INTERRUPTED", "run_study", "connect", "check_resources", "build_tuner", "summarize"]
@@ -147,7 +149,7 @@ def build_tuner(settings: StudySettings, space: SearchSpace, max_concurrent: int
     searcher = StudySearcher(
         space,
         sampler=make_sampler(settings.sampler, settings.seed),
-        storage=optuna.storages.RDBStorage(settings.optuna_storage),
+        storage=optuna.storages.RDBStorage(settings.optuna_url),
         study_name=settings.name,
     )
     scheduler = make_scheduler(
@@ -193,7 +195,8 @@ def build_tuner(settings: StudySettings, space: SearchSpace, max_concurrent: int
         run_config=tune.RunConfig(
             name=settings.name,
             storage_path=settings.storage_path,
-            callbacks=[tracker],
+            # The snapshots after the tracker: Tune calls callbacks in order, so a snapshot holds what MLflow got.
+            callbacks=[tracker, snapshots(settings)],
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
             failure_config=tune.FailureConfig(max_failures=settings.max_failures),
             verbose=1,
@@ -203,16 +206,35 @@ def build_tuner(settings: StudySettings, space: SearchSpace, max_concurrent: int
     return tuner
 
 
+def snapshots(settings: StudySettings) -> Any:
+    """The callback that snapshots the driver's state beside the trials (``study.driver_state``): the SQLite stores
+    that are local files (the Optuna db, the MLflow store), the manifest and the study's space."""
+    from study.driver_state import sqlite_path
+    from study.snapshots import DriverStateSnapshots
+
+    databases = {
+        name: sqlite_path(url)
+        for name, url in ((OPTUNA_DB, settings.optuna_url), (MLFLOW_DB, settings.tracking_uri))
+        if sqlite_path(url) is not None
+    }
+    files = {name: settings.study_dir / name for name in (MANIFEST, f"{settings.space}.toml")}
+    return DriverStateSnapshots(settings.snapshot_location, databases=databases, files=files)
+
+
 def summarize(settings: StudySettings, space: SearchSpace, *, seconds: float) -> int:
-    """Print the front and where to look; the exit status: 0 when every trial ended, 130 when interrupted."""
+    """Print the front and where to look; the exit status: 130 when interrupted, 1 when every trial failed
+    (``outcome.failures_verdict``; the line says how many failed, and the first reason), else 0."""
     import optuna
     import pandas as pd
 
     from study.pareto import front_text
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.load_study(study_name=settings.name, storage=settings.optuna_storage)
-    states = [trial.state.name for trial in study.get_trials(deepcopy=False)]
+    from study.searcher import REASON_ATTRS
+
+    study = optuna.load_study(study_name=settings.name, storage=settings.optuna_url)
+    trials = study.get_trials(deepcopy=False)
+    states = [trial.state.name for trial in trials]
     counts = {state: states.count(state) for state in ("COMPLETE", "PRUNED", "FAIL", "RUNNING")}
     interrupted = counts["RUNNING"] > 0 or len(states) < settings.num_samples
     print()
@@ -241,4 +263,11 @@ def summarize(settings: StudySettings, space: SearchSpace, *, seconds: float) ->
             file=sys.stderr,
         )
         return INTERRUPTED
-    return 0
+    failed = [trial for trial in trials if trial.state.name == "FAIL"]
+    reason = failed[0].user_attrs.get(REASON_ATTRS[FAILED]) if failed else None
+    status, line = failures_verdict(len(trials), len(failed), reason)
+    if line:
+        print(
+            f"{'error: ' if status else ''}study {settings.name!r}: {line}", file=sys.stderr if status else sys.stdout
+        )
+    return status

@@ -121,12 +121,12 @@ class StudyTracker(Callback):
         if self.client.get_run(run_id).info.status != "RUNNING":  # a trial that continues after a resume
             self.client.update_run(run_id, status="RUNNING")
             self._delete_tags(run_id, ("interrupted", "stale"))
+        self._log_saved_step(trial, run_id)
         self._started.add(trial.trial_id)
         self._ended.discard(trial.trial_id)
 
     def on_trial_result(self, iteration: int, trials: list[Trial], trial: Trial, result: dict, **info) -> None:
         run_id = self._run_of(trial)
-        step = int(result["step"])
         logged = self._logged_steps.setdefault(run_id, set())
         node_id = result.get("node_id")
         if run_id not in self._nodes:  # after a driver restart, continue the list the run already carries
@@ -140,6 +140,11 @@ class StudyTracker(Callback):
             if nodes:
                 node["node_ids"] = ",".join(nodes)  # every node this trial ran on, in order (retries move it)
             self._set_tags(run_id, {k: str(v) for k, v in node.items() if v is not None})
+        self._log_step(trial, run_id, result)
+
+    def _log_step(self, trial: Trial, run_id: str, result: Mapping[str, Any]) -> None:
+        step = int(result["step"])
+        logged = self._logged_steps.setdefault(run_id, set())
         if step not in logged:  # a step repeated after a resume was measured the same way: log it once
             timestamp = int(time.time() * 1000)
             metrics = [
@@ -150,6 +155,14 @@ class StudyTracker(Callback):
             self.client.log_batch(run_id, metrics=metrics)
             logged.add(step)
         self._book.add(run_id, step, self._point(trial, run_id, "RUNNING", step, result))
+
+    def _log_saved_step(self, trial: Trial, run_id: str) -> None:
+        """The last step Tune saved for a restored trial, if the MLflow store lacks it: a store restored from a
+        snapshot (``study.driver_state``) taken just before the driver was lost can miss the step Tune saved after
+        it, and the trial, continuing after that step, never reports it again."""
+        step = (trial.last_result or {}).get("step")
+        if isinstance(step, (int, float)) and int(step) not in self._logged_steps.get(run_id, set()):
+            self._log_step(trial, run_id, trial.last_result)
 
     def on_trial_complete(self, iteration: int, trials: list[Trial], trial: Trial, **info) -> None:
         self._end(trial, error=False)
@@ -253,6 +266,7 @@ class StudyTracker(Callback):
             if self.client.get_run(run_id).info.status != "RUNNING":
                 continue
             if trial is not None and trial.status in (Trial.TERMINATED, Trial.ERROR):
+                self._log_saved_step(trial, run_id)
                 self._end(trial, error=trial.status == Trial.ERROR)
             else:
                 self._set_tags(run_id, {"stale": "left RUNNING by a stopped driver; its trial did not continue"})

@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from spa.config import PRETRAINED_DIGITS, ConfigError
 from study.names import DEFAULT_TRACKING_URI
 from study.plan import plan
+from study.preflight import PreflightError
 from study.run import INTERRUPTED, run_study
 from study.settings import (
     DEFAULT_NUM_SAMPLES,
@@ -144,6 +145,13 @@ def build_parser() -> argparse.ArgumentParser:
         f"(default: $MLFLOW_TRACKING_URI, else {DEFAULT_TRACKING_URI} in the working directory)",
     )
     where.add_argument("--experiment-name", default=None, help="MLflow experiment (default: the study name)")
+    where.add_argument(
+        "--optuna-storage",
+        default=None,
+        metavar="URL",
+        help="the Optuna study's database, an RDB URL such as postgresql://user:password@host/optuna or "
+        "sqlite:////abs/optuna.db (default: optuna.db in the study directory, snapshotted beside the trials)",
+    )
     return parser
 
 
@@ -159,7 +167,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     try:
         settings, space = plan(args)
-    except (UsageError, SpaceError, ConfigError) as error:
+    except (UsageError, SpaceError, ConfigError, PreflightError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     try:

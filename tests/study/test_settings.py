@@ -7,7 +7,10 @@ import dataclasses
 import os
 from pathlib import Path
 
+import optuna
 import pytest
+import torch
+from torchvision import models as tv_models
 
 from study.plan import plan
 from study.settings import MANIFEST, StudySettings, UsageError, check_flags, write_manifest
@@ -25,7 +28,7 @@ def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     (tmp_path / "data").mkdir()
-    (tmp_path / "w.pt").write_bytes(b"")
+    torch.save(tv_models.resnet18().state_dict(), tmp_path / "w.pt")  # the plan loads it, as a trial would
     return tmp_path
 
 
@@ -45,6 +48,7 @@ def start(*argv: str) -> tuple[StudySettings, object]:
         dataclasses.replace(space, path=original).to_toml(header="test")
     )
     (settings.study_dir / "tuner.pkl").write_bytes(b"")
+    optuna.create_study(study_name=settings.name, storage=settings.optuna_url, directions=space.directions)
     write_manifest(settings)
     return settings, space
 
