@@ -1,7 +1,8 @@
 """The Tune callback that keeps the driver's state safe beside the trials: ``study.driver_state`` does the work.
 
-Every event after which the Optuna study or the MLflow store holds something new (a trial started: an Optuna trial
-was asked and an MLflow run created; a trial reported a step; a trial ended and was told) marks the state dirty;
+Every event after which the Optuna study or the MLflow store holds something new (a trial added: an Optuna trial was
+asked, seen at the end of Tune's step that asked it; a trial started: an MLflow run was created; a trial reported a
+step; a trial ended and was told) marks the state dirty;
 Tune's event loop returns at once, and ``SnapshotWriter``'s thread takes the snapshot, coalescing the marks that
 arrive meanwhile. The experiment's end takes the final one. Tune calls the callbacks after it has told the search
 algorithm (Optuna) and in the order given, so this callback goes after the MLflow tracker: a snapshot marked by an
@@ -37,9 +38,10 @@ class DriverStateSnapshots(Callback):
         self.databases = {name: str(path) for name, path in databases.items()}
         self.files = {name: str(path) for name, path in files.items()}
         self._writer: SnapshotWriter | None = None
+        self._trials_seen = 0
 
     def __getstate__(self) -> dict[str, Any]:  # Tune pickles the tuner: keep settings only (no thread)
-        return {**self.__dict__, "_writer": None}
+        return {**self.__dict__, "_writer": None, "_trials_seen": 0}
 
     @property
     def writer(self) -> SnapshotWriter:
@@ -49,6 +51,13 @@ class DriverStateSnapshots(Callback):
 
     def setup(self, **info) -> None:
         self.writer.mark_dirty("the study starts")
+
+    def on_step_end(self, iteration: int, trials: list[Trial], **info) -> None:
+        # Tune asks the searcher for new trials inside its step (Optuna writes a RUNNING trial) and may save its
+        # experiment state in the same step: snapshot the Optuna trial as soon as the step ends.
+        if len(trials) > self._trials_seen:
+            self._trials_seen = len(trials)
+            self.writer.mark_dirty(f"{trial_name(trials[-1])} added")
 
     def on_trial_start(self, iteration: int, trials: list[Trial], trial: Trial, **info) -> None:
         self.writer.mark_dirty(f"{trial_name(trial)} started")
