@@ -79,12 +79,12 @@ def plan(args: argparse.Namespace) -> tuple[StudySettings, SearchSpace]:
             )
         _check_new_optuna_study(settings)
     preflight.check_writable_dir("--cache-dir", settings.cache_dir)
+    preflight.check_tracking_uri(settings.tracking_uri)  # before the slower checks: it may wait TIMEOUT_S
     space = space.with_overrides(overrides(settings, space))
     if settings.scheduler == "asha" and max_final_step(space) < 1:
         raise UsageError("--scheduler asha stops trials at pruning steps, but this space prunes no step")
     _check_datasets(space)
     _check_weights(space)
-    preflight.check_tracking_uri(settings.tracking_uri)
     return settings, space
 
 
