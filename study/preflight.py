@@ -46,7 +46,7 @@ __all__ = [
     "hide_password",
 ]
 
-TIMEOUT_S = 10.0  # the longest a network check waits for an answer
+TIMEOUT_S = 8.0  # the longest a network check waits for an answer (the command answers within 15 s)
 # What a tracking server answers cheaply and only MLflow answers this way (a list of experiments, as JSON).
 MLFLOW_PROBE = "/api/2.0/mlflow/experiments/search?max_results=1"
 # URI schemes pyarrow.fs (and so Ray Tune's storage) reaches, and the pyarrow module each needs.
