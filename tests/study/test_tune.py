@@ -416,6 +416,22 @@ def test_resume_of_a_damaged_study_names_the_file_and_what_to_do(damaged, tmp_pa
     assert not (tmp_path / "mlflow.db").exists()
 
 
+def test_a_silent_tracking_server_is_named_within_15_s(tmp_path, backbone_cache, capsys) -> None:
+    import socket
+
+    with socket.socket() as silent:  # accepts connections, never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        uri = f"http://127.0.0.1:{silent.getsockname()[1]}"
+        began = time.perf_counter()
+        argv = ["--space", "splora_lrp", "--smoke", "--tracking-uri", uri, *common(tmp_path, backbone_cache)[:2]]
+        assert main([*argv, "--cache-dir", backbone_cache]) == 2
+        seconds = time.perf_counter() - began
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith(f"error: --tracking-uri {uri} does not answer within ") and seconds < 15, (line, seconds)
+    nothing_created(tmp_path)
+
+
 def test_name_clash_without_resume_is_refused(tmp_path, backbone_cache, ray_cluster, capsys) -> None:
     existing = tmp_path / "runs" / "splora_lrp-smoke"
     existing.mkdir(parents=True)
