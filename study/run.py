@@ -36,11 +36,20 @@ def run_study(settings: StudySettings, space: SearchSpace, *, resume: bool, addr
         max_concurrent = check_resources(nodes, settings)
         pretrain(space, settings)
         tuner = build_tuner(settings, space, max_concurrent, resume=resume)
-        tuner.fit()
+        first_error = _first_error(tuner.fit().errors)
     finally:
         if started_ray:
             ray.shutdown()
-    return summarize(settings, space, seconds=time.perf_counter() - started)
+    return summarize(settings, space, seconds=time.perf_counter() - started, first_error=first_error)
+
+
+def _first_error(errors: Sequence[BaseException]) -> str | None:
+    """The first trial error as one line, ``NonFiniteLossError: training loss became nan ...`` (Tune wraps it)."""
+    if not errors:
+        return None
+    cause = getattr(errors[0], "cause", None) or errors[0]
+    lines = [line for line in str(cause).splitlines() if line.strip()]
+    return f"{type(cause).__name__}: {lines[0].strip() if lines else ''}"
 
 
 def connect(address: str | None) -> tuple[Any, bool]:
@@ -221,7 +230,7 @@ def snapshots(settings: StudySettings) -> Any:
     return DriverStateSnapshots(settings.snapshot_location, databases=databases, files=files)
 
 
-def summarize(settings: StudySettings, space: SearchSpace, *, seconds: float) -> int:
+def summarize(settings: StudySettings, space: SearchSpace, *, seconds: float, first_error: str | None = None) -> int:
     """Print the front and where to look; the exit status: 130 when interrupted, 1 when every trial failed
     (``outcome.failures_verdict``; the line says how many failed, and the first reason), else 0."""
     import optuna
@@ -264,7 +273,8 @@ def summarize(settings: StudySettings, space: SearchSpace, *, seconds: float) ->
         )
         return INTERRUPTED
     failed = [trial for trial in trials if trial.state.name == "FAIL"]
-    reason = failed[0].user_attrs.get(REASON_ATTRS[FAILED]) if failed else None
+    # A trial that raised is told to Optuna without its exception; Tune's result grid has it.
+    reason = first_error or (failed[0].user_attrs.get(REASON_ATTRS[FAILED]) if failed else None)
     status, line = failures_verdict(len(trials), len(failed), reason)
     if line:
         print(
