@@ -134,3 +134,20 @@ def test_max_failures_defaults_by_where_the_driver_runs(workdir: Path, monkeypat
 def test_every_flag_is_checked_in_one_place(workdir: Path, argv: tuple[str, ...], message: str) -> None:
     with pytest.raises(UsageError, match=message):
         check_flags(args(*argv))
+
+
+def test_an_optuna_storage_url_is_kept_resumed_and_a_taken_name_refused(workdir: Path) -> None:
+    where = ("--storage-path", "runs", "--cache-dir", "cache")
+    (workdir / "shared").mkdir()
+    started, _ = start("--optuna-storage", "sqlite:///shared/optuna.db", *where)
+    assert started.optuna_storage == started.optuna_url == f"sqlite:///{workdir / 'shared' / 'optuna.db'}"
+    assert (workdir / "shared" / "optuna.db").is_file() and not (started.study_dir / "optuna.db").exists()
+    resumed, _ = plan(args("--resume", "--name", "splora_lrp", *where))
+    assert resumed == started
+    with pytest.raises(UsageError, match="--optuna-storage sqlite:///.* differs from the study's"):
+        plan(args("--resume", "--name", "splora_lrp", *where, "--optuna-storage", "sqlite:///other.db"))
+    # A new study may not take a name the shared database already holds.
+    with pytest.raises(UsageError, match="holds a study named 'splora_lrp'; pass --resume to continue it"):
+        plan(args("--space", "splora_lrp", "--optuna-storage", "sqlite:///shared/optuna.db", "--storage-path", "other"))
+    assert plan(args("--space", "splora_lrp", "--storage-path", "other", "--name", "x", "--optuna-storage",
+                     "sqlite:///shared/optuna.db"))[0].optuna_storage.endswith("shared/optuna.db")  # fmt: skip
