@@ -15,7 +15,8 @@ themselves; one job each, imports going down this list only (commands are import
 - ``tracking``: the MLflow callback (the only MLflow writer); ``front``: the front book it keeps;
   ``records``: a study read back from MLflow (the points table), for the callback's resume and for ``report``;
 - ``searcher`` (Optuna through Tune), ``schedulers`` (by name), ``trainable`` (one experiment per trial; with
-  ``preflight``'s weights check, the only code here that imports torch), ``ray_internals`` (every private Ray attribute used, in one place);
+  ``preflight``'s weights check, the only code here that imports torch), ``ray_internals`` (every private Ray
+  attribute used, in one place);
 - ``spaces`` (``SearchSpace``, validated) over ``space_files`` (files, ``extends``); ``pareto`` (fronts computed,
   drawn, printed); ``outcome`` (how a trial ended); ``names`` (names and defaults shared by several modules).
 """
