@@ -261,7 +261,8 @@ def restore_snapshot(
 
 
 def sqlite_problem(path: str | os.PathLike[str]) -> str | None:
-    """Why the file at ``path`` is not a sound SQLite database (one line), or None when it is."""
+    """Why the file at ``path`` is not a sound SQLite database (a phrase: "damaged (...)", "an empty file", ...),
+    or None when it is."""
     path = Path(path)
     try:
         with open(path, "rb") as file:
@@ -277,7 +278,7 @@ def sqlite_problem(path: str | os.PathLike[str]) -> str | None:
         finally:
             connection.close()
     except sqlite3.DatabaseError as error:
-        return str(error)
+        return f"damaged ({error})"
     return None if verdict == "ok" else f"damaged ({verdict})"
 
 
