@@ -17,6 +17,8 @@ Datasets (``dataset_names()``):
   pixel), filled with the blank background. ``cifar_stem`` is False: the plain 7x7/2 stem and max-pool shrink
   32x32 inputs to 8x8 before the first block, 16x fewer FLOPs than the CIFAR stem, which keeps CPU studies cheap
   and is plenty for 8x8-pixel digits.
+- ``printed-digits``: digits 0-9 printed in matplotlib's fonts and rendered the optdigits way (``spa.sources``),
+  the source on which the harness pretrains the ``pretrained-digits`` backbone (synthetic-to-real transfer).
 - ``cifar10``, ``cifar100`` (32 px, CIFAR stem) and ``fashion-mnist`` (28 px grayscale padded to 32 px, copied
   to 3 channels, CIFAR stem): train RandomCrop(32, padding=4) + horizontal flip.
 - ``flowers102``, ``stanford-cars`` and ``imagefolder:PATH`` (any class-per-folder set, e.g. Cats&Dogs; uses
@@ -43,6 +45,8 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Subset
 from torchvision import datasets as tv_datasets
 from torchvision import transforms as T
+
+from spa import sources
 
 __all__ = [
     "DataError",
@@ -222,12 +226,15 @@ def _read_digits() -> tuple[np.ndarray, np.ndarray]:
 def _rendered_digits() -> tuple[torch.Tensor, torch.Tensor]:
     """All digits rendered once: images (N, 3, 32, 32) normalised float32, targets (N,) int64 (0..9)."""
     raw, targets = _read_digits()
-    images = torch.from_numpy(raw).float().div(16.0).unsqueeze(1)  # (N, 1, 8, 8) in 0..1
-    images = F.interpolate(images, size=(32, 32), mode="bilinear", align_corners=False)  # stays in 0..1
+    return upsample_digits(torch.from_numpy(raw).float().div(16.0)), torch.from_numpy(targets)
+
+
+def upsample_digits(raw: torch.Tensor) -> torch.Tensor:
+    """8x8 digit images in 0..1, (N, 8, 8) -> model inputs (N, 3, 32, 32): bilinear, 3 channels, normalised."""
+    images = F.interpolate(raw.unsqueeze(1), size=(32, 32), mode="bilinear", align_corners=False)  # stays in 0..1
     mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
     std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
-    images = ((images.expand(-1, 3, -1, -1) - mean) / std).contiguous()  # (N, 3, 32, 32)
-    return images, torch.from_numpy(targets)
+    return ((images.expand(-1, 3, -1, -1) - mean) / std).contiguous()  # (N, 3, 32, 32)
 
 
 def _digits_splits(info: DatasetInfo, first_digit: int, *, val_fraction: float, seed: int) -> Splits:
@@ -410,6 +417,7 @@ _INFOS: dict[str, DatasetInfo] = {
     for info in (
         DatasetInfo("digits", 5, (3, 32, 32), cifar_stem=False),
         DatasetInfo("digits-source", 5, (3, 32, 32), cifar_stem=False),
+        DatasetInfo(sources.PRINTED_DIGITS, 10, (3, 32, 32), cifar_stem=False),
         DatasetInfo("cifar10", 10, (3, 32, 32), cifar_stem=True),
         DatasetInfo("cifar100", 100, (3, 32, 32), cifar_stem=True),
         DatasetInfo("fashion-mnist", 10, (3, 32, 32), cifar_stem=True),
@@ -446,6 +454,10 @@ def load_splits(
         allowed = ", ".join([*_INFOS, IMAGEFOLDER_PREFIX + "PATH"])
         raise DataError(f"unknown dataset {name!r}; allowed: {allowed}")
     info = _INFOS[name]
+    if name == sources.PRINTED_DIGITS:
+        return sources.printed_digits_splits(
+            info, train_samples=sources.SOURCE_SAMPLES, val_fraction=val_fraction, seed=seed
+        )
     if name in _DIGITS_FIRST:
         return _digits_splits(info, _DIGITS_FIRST[name], val_fraction=val_fraction, seed=seed)
     return _torchvision_splits(info, data_dir=data_dir, download=download, val_fraction=val_fraction, seed=seed)
