@@ -27,7 +27,7 @@ _RECIPE_VERSION = 2  # bump when the training recipe below changes
 class PretrainConfig:
     arch: str = "resnet18"
     dataset: str = "printed-digits"  # or "digits-source" (the handwritten digits 0-4, the former source)
-    epochs: int = 3
+    epochs: int = 2
     lr: float = 0.05
     batch_size: int = 32
     seed: int = 0

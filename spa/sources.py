@@ -52,7 +52,7 @@ FONT_FILES = (
 )
 CHARACTERS = "0123456789"
 BITMAP = 32  # px: the optdigits bitmap, block-counted 4x4 to 8x8
-SOURCE_SAMPLES = 10_000  # training images; the pretraining recipe (spa.pretrain) counts epochs over them
+SOURCE_SAMPLES = 4_000  # training images; the pretraining recipe (spa.pretrain) counts epochs over them
 SOURCE_VAL = 1_000
 SOURCE_TEST = 1_000
 _VAL_SEED, _TEST_SEED = 1_000_001, 1_000_002  # fixed: val and test never change with the run seed
