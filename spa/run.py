@@ -91,7 +91,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ours.add_argument("--optimizer", choices=OPTIMIZERS, default="sgd", help="(default: sgd, momentum 0.9)")
     ours.add_argument("--weight-decay", type=float, default=5e-4, help="(default: 5e-4)")
-    ours.add_argument("--lr-schedule", choices=LR_SCHEDULES, default="step", help="(default: step, as the reference)")
+    ours.add_argument(
+        "--lr-schedule",
+        choices=LR_SCHEDULES,
+        default=OptimConfig.lr_schedule,
+        help=f"(default: {OptimConfig.lr_schedule}; step is the reference's StepLR(epochs // 4, gamma 0.2))",
+    )
     ours.add_argument(
         "--weights",
         default="pretrained-digits",
