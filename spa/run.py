@@ -75,7 +75,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     what.add_argument("--lr", type=float, default=0.01, help="learning rate (default: 0.01)")
     what.add_argument("--batch-size", type=int, default=32, help="batch size (default: 32)")
-    what.add_argument("--epochs", type=int, default=3, help="training epochs before pruning (default: 3)")
+    what.add_argument(
+        "--epochs",
+        type=int,
+        default=OptimConfig.epochs,
+        help=f"training epochs before pruning (default: {OptimConfig.epochs})",
+    )
     what.add_argument("--recovery-epochs", type=int, default=1, help="recovery epochs after each step (default: 1)")
     what.add_argument("--seed", type=int, default=0, help="random seed, set before anything is built (default: 0)")
 

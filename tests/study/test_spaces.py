@@ -71,7 +71,7 @@ def test_shipped_space_samples_valid_experiments(name: str) -> None:
     )
     # The CPU budget of a default study on the digits task.
     assert {k: space.fixed[k] for k in ("epochs", "batch_size", "max_score_batches", "threads")} == {
-        "epochs": 3,
+        "epochs": 6,
         "batch_size": 32,
         "max_score_batches": 4,
         "threads": 1,
