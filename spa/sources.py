@@ -23,6 +23,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from spa.digits import DigitsDataset, blank_pixel, upsample_digits
+from spa.splits import DatasetInfo, Splits
+
 __all__ = ["PRINTED_DIGITS", "FONT_FILES", "glyph_bitmaps", "render_printed_digits", "printed_digits_splits"]
 
 PRINTED_DIGITS = "printed-digits"
@@ -137,16 +140,16 @@ def render_printed_digits(count: int, seed: int) -> tuple[torch.Tensor, torch.Te
     return out, labels
 
 
-def printed_digits_splits(info, *, train_samples: int, val_fraction: float, seed: int):
-    """Splits of the printed-digits source: ``train_samples`` training images (seeded), fixed val and test."""
-    from spa.data import IMAGENET_MEAN, IMAGENET_STD, DigitsDataset, Splits, upsample_digits  # local: no cycle
+def printed_digits_splits(info: DatasetInfo, *, seed: int, train_samples: int = SOURCE_SAMPLES) -> Splits:
+    """Splits of the printed-digits source: ``train_samples`` training images (``seed``-ed), fixed val and test.
 
-    del val_fraction  # val is a fixed set of its own: the source is generated, not carved
-    blank = tuple(-m / s for m, s in zip(IMAGENET_MEAN, IMAGENET_STD, strict=True))
+    Val is a generated set of its own (fixed seed), not carved from train: the source is generated, not sampled.
+    """
+    blank = blank_pixel()
 
-    def dataset(count: int, sample_seed: int, max_shift: int = 0) -> DigitsDataset:
+    def dataset(count: int, sample_seed: int) -> DigitsDataset:
         raw, labels = render_printed_digits(count, sample_seed)
-        return DigitsDataset(upsample_digits(raw), labels, torch.arange(count), max_shift=max_shift, fill=blank)
+        return DigitsDataset(upsample_digits(raw), labels, torch.arange(count), fill=blank)
 
     train = dataset(train_samples, seed)
     return Splits(

@@ -20,7 +20,9 @@ from optuna.trial import TrialState
 from ray.tune.search import ConcurrencyLimiter, SearchGenerator
 from ray.tune.search.optuna import OptunaSearch
 
-from study.outcome import COMPLETE, FAILED, PRUNED, TRIAL_NUMBER, judge
+from study.names import TRIAL_NUMBER
+from study.outcome import COMPLETE, FAILED, PRUNED, judge
+from study.ray_internals import optuna_study, optuna_trials, raise_total_samples, told_trial_ids
 from study.spaces import SearchSpace, suggest
 
 __all__ = ["SAMPLERS", "DefineByRun", "StudySearcher", "StudySearch", "make_sampler", "REASON_ATTRS"]
@@ -77,18 +79,18 @@ class StudySearcher(OptunaSearch):
 
     @property
     def study(self) -> optuna.Study:
-        return self._ot_study
+        return optuna_study(self)
 
     def suggest(self, trial_id: str) -> dict[str, Any] | None:
         config = super().suggest(trial_id)
         if config:
-            self._ot_trials[trial_id].set_user_attr(TUNE_TRIAL_ATTR, trial_id)
+            optuna_trials(self)[trial_id].set_user_attr(TUNE_TRIAL_ATTR, trial_id)
         return config
 
     def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False) -> None:
-        if trial_id in self._completed_trials:
+        if trial_id in told_trial_ids(self):
             return
-        ot_trial = self._ot_trials.get(trial_id)
+        ot_trial = optuna_trials(self).get(trial_id)
         if ot_trial is None:
             logger.warning("trial %s ended but was never asked of Optuna; nothing to tell", trial_id)
             return
@@ -97,27 +99,27 @@ class StudySearcher(OptunaSearch):
             self._tell(ot_trial.number, outcome.state, outcome.values, outcome.reason)
         except Exception as exc:  # bookkeeping must never end the study; say so loudly instead
             logger.error("could not tell Optuna trial %d (%s): %s", ot_trial.number, outcome.state, exc)
-        self._completed_trials.add(trial_id)
+        told_trial_ids(self).add(trial_id)
 
     def restore(self, checkpoint_path: str) -> None:
         super().restore(checkpoint_path)
         # Trials asked after the last saved experiment state (the driver was killed) are unknown to Tune and will
         # never run: close them, so the study holds no trial RUNNING forever.
-        known = {ot_trial.number for ot_trial in self._ot_trials.values()}
-        for frozen in self._ot_study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        known = {ot_trial.number for ot_trial in optuna_trials(self).values()}
+        for frozen in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             if frozen.number not in known:
                 self._tell(frozen.number, FAILED, None, "asked by a driver that stopped before Tune recorded the trial")
 
     def _tell(self, number: int, state: str, values: tuple[float, ...] | None, reason: str | None) -> None:
-        frozen = self._ot_study.get_trials(deepcopy=False)[number]
+        frozen = self.study.get_trials(deepcopy=False)[number]
         if frozen.state.is_finished():  # told before the driver stopped; the storage already holds the truth
             return
         if reason:
             try:
-                optuna.trial.Trial(self._ot_study, frozen._trial_id).set_user_attr(REASON_ATTRS[state], reason)
+                optuna.trial.Trial(self.study, frozen._trial_id).set_user_attr(REASON_ATTRS[state], reason)
             except UpdateFinishedTrialError:
                 return
-        self._ot_study.tell(number, list(values) if values else None, state=_STATES[state], skip_if_finished=True)
+        self.study.tell(number, list(values) if values else None, state=_STATES[state], skip_if_finished=True)
 
 
 class StudySearch(SearchGenerator):
@@ -134,4 +136,4 @@ class StudySearch(SearchGenerator):
 
     def set_state(self, state: dict) -> None:
         super().set_state(state)
-        self._total_samples = max(self._total_samples, self.num_samples)
+        raise_total_samples(self, self.num_samples)
