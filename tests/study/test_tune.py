@@ -157,8 +157,6 @@ def test_smoke_study_is_recorded_in_mlflow_and_optuna(tmp_path, backbone_cache, 
             assert [step for step, _ in history(client, run, key)] == [0, 1], (run.info.run_name, key)
         assert history(client, run, "density")[0][1] == 1.0
     assert_front_tags(children)
-    # A smoke study on the embedded task learns something (chance is 0.2): the transfer is not under-trained.
-    assert max(final_values(run)[0] for run in children) >= 0.60
 
     trials = optuna_trials(tmp_path, "splora_lrp-smoke")
     assert [trial.state for trial in trials] == [optuna.trial.TrialState.COMPLETE] * 3
