@@ -21,16 +21,16 @@ from ray.tune.search import ConcurrencyLimiter, SearchGenerator
 from ray.tune.search.optuna import OptunaSearch
 
 from study.outcome import COMPLETE, FAILED, PRUNED, TRIAL_NUMBER, judge
+from study.sampler_plan import SAMPLER_NAMES, SamplerPlan, build_sampler, plan_sampler
 from study.spaces import SearchSpace, suggest
 
 __all__ = ["SAMPLERS", "DefineByRun", "StudySearcher", "StudySearch", "make_sampler", "REASON_ATTRS"]
 
 logger = logging.getLogger(__name__)
 
+# Optuna's own defaults, by name; a plan (study.sampler_plan) sizes them to the budget instead.
 SAMPLERS: dict[str, Callable[[int], optuna.samplers.BaseSampler]] = {
-    "tpe": lambda seed: optuna.samplers.TPESampler(seed=seed),
-    "nsga2": lambda seed: optuna.samplers.NSGAIISampler(seed=seed),
-    "random": lambda seed: optuna.samplers.RandomSampler(seed=seed),
+    name: (lambda seed, name=name: build_sampler(SamplerPlan(name), seed)) for name in SAMPLER_NAMES
 }
 _STATES = {COMPLETE: TrialState.COMPLETE, PRUNED: TrialState.PRUNED, FAILED: TrialState.FAIL}
 # The user attribute of an Optuna trial that says why it is not COMPLETE.
@@ -38,10 +38,22 @@ REASON_ATTRS = {PRUNED: "pruned_because", FAILED: "failed_because"}
 TUNE_TRIAL_ATTR = "tune_trial_id"
 
 
-def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
+def make_sampler(
+    name: str,
+    seed: int,
+    *,
+    num_samples: int | None = None,
+    num_params: int | None = None,
+    max_concurrent: int = 1,
+) -> optuna.samplers.BaseSampler:
+    """Sampler ``name``, seeded: sized to the budget (``study.sampler_plan.plan_sampler``) when ``num_samples`` is
+    given, else with Optuna's defaults."""
     if name not in SAMPLERS:
         raise ValueError(f"sampler={name!r} is not allowed; allowed: {', '.join(SAMPLERS)}")
-    return SAMPLERS[name](seed)
+    if num_samples is None:
+        return SAMPLERS[name](seed)
+    plan = plan_sampler(name, num_samples=num_samples, num_params=num_params, max_concurrent=max_concurrent)
+    return build_sampler(plan, seed)
 
 
 class DefineByRun:

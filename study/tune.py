@@ -41,7 +41,7 @@ SMOKE_BUDGET = {"epochs": 1, "recovery_epochs": 1, "steps": 1, "max_score_batche
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 DEFAULT_STORAGE_PATH = "ray_results"
 SCHEDULERS = ("fifo", "asha")
-SAMPLERS = ("tpe", "nsga2", "random")  # study.searcher.make_sampler builds each
+SAMPLERS = ("tpe", "nsga2", "gp", "random")  # study.searcher.make_sampler builds each
 MANIFEST = "study.json"
 INTERRUPTED = 130  # the shell's status for Ctrl-C
 
@@ -326,7 +326,7 @@ def build_parser() -> argparse.ArgumentParser:
         "with --resume, a larger number extends the study",
     )
     what.add_argument(
-        "--sampler", choices=SAMPLERS, default=None, help="Optuna sampler: TPE, NSGA-II or random (default: tpe)"
+        "--sampler", choices=SAMPLERS, default=None, help="Optuna sampler: TPE, NSGA-II, GP or random (default: tpe)"
     )
     what.add_argument("--seed", type=int, default=None, help="seed of the sampler (default: 0)")
     what.add_argument(
