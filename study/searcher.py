@@ -11,6 +11,7 @@ resume; ``StudySearch`` lets a resumed study ask for more samples than it starte
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -24,7 +25,7 @@ from study.outcome import COMPLETE, FAILED, PRUNED, TRIAL_NUMBER, judge
 from study.sampler_plan import SAMPLER_NAMES, SamplerPlan, build_sampler, plan_sampler
 from study.spaces import SearchSpace, suggest
 
-__all__ = ["SAMPLERS", "DefineByRun", "StudySearcher", "StudySearch", "make_sampler", "REASON_ATTRS"]
+__all__ = ["SAMPLERS", "DefineByRun", "StudySearcher", "StudySearch", "make_sampler", "REASON_ATTRS", "last_values"]
 
 logger = logging.getLogger(__name__)
 
@@ -105,8 +106,9 @@ class StudySearcher(OptunaSearch):
             logger.warning("trial %s ended but was never asked of Optuna; nothing to tell", trial_id)
             return
         outcome = judge(result, self.metric, error=error)
+        attrs = last_values(result, self.metric) if outcome.state == PRUNED else {}
         try:
-            self._tell(ot_trial.number, outcome.state, outcome.values, outcome.reason)
+            self._tell(ot_trial.number, outcome.state, outcome.values, outcome.reason, attrs)
         except Exception as exc:  # bookkeeping must never end the study; say so loudly instead
             logger.error("could not tell Optuna trial %d (%s): %s", ot_trial.number, outcome.state, exc)
         self._completed_trials.add(trial_id)
@@ -120,16 +122,37 @@ class StudySearcher(OptunaSearch):
             if frozen.number not in known:
                 self._tell(frozen.number, FAILED, None, "asked by a driver that stopped before Tune recorded the trial")
 
-    def _tell(self, number: int, state: str, values: tuple[float, ...] | None, reason: str | None) -> None:
+    def _tell(
+        self,
+        number: int,
+        state: str,
+        values: tuple[float, ...] | None,
+        reason: str | None,
+        attrs: dict[str, float] | None = None,
+    ) -> None:
         frozen = self._ot_study.get_trials(deepcopy=False)[number]
         if frozen.state.is_finished():  # told before the driver stopped; the storage already holds the truth
             return
-        if reason:
-            try:
-                optuna.trial.Trial(self._ot_study, frozen._trial_id).set_user_attr(REASON_ATTRS[state], reason)
-            except UpdateFinishedTrialError:
-                return
+        trial = optuna.trial.Trial(self._ot_study, frozen._trial_id)
+        try:
+            for key, value in {**({REASON_ATTRS[state]: reason} if reason else {}), **(attrs or {})}.items():
+                trial.set_user_attr(key, value)
+        except UpdateFinishedTrialError:
+            return
         self._ot_study.tell(number, list(values) if values else None, state=_STATES[state], skip_if_finished=True)
+
+
+def last_values(result: dict[str, Any] | None, metrics: list[str]) -> dict[str, float]:
+    """``last_step`` and ``last_<metric>`` of a trial's last result, finite numbers only: what a trial stopped early
+    had reached, kept as user attributes since its values are not final and never enter the front."""
+    if not result:
+        return {}
+    attrs = {f"last_{key}": float(result[key]) for key in ("step", *metrics) if _is_finite(result.get(key))}
+    return attrs
+
+
+def _is_finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 class StudySearch(SearchGenerator):

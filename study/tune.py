@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from spa.config import ConfigError, ExperimentConfig
+from study.scheduling import SCHEDULER_HELP, SCHEDULERS, STOPPING
 from study.spaces import SearchSpace, SpaceError, list_spaces, load_space
 
 __all__ = ["build_parser", "main", "StudySettings", "UsageError", "SMOKE_BUDGET", "DEFAULT_NUM_SAMPLES"]
@@ -40,7 +41,6 @@ SMOKE_NUM_SAMPLES = 2
 SMOKE_BUDGET = {"epochs": 1, "recovery_epochs": 1, "steps": 1, "max_score_batches": 2, "batch_size": 64}
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 DEFAULT_STORAGE_PATH = "ray_results"
-SCHEDULERS = ("fifo", "asha")
 SAMPLERS = ("tpe", "nsga2", "gp", "random")  # study.searcher.make_sampler builds each
 MANIFEST = "study.json"
 INTERRUPTED = 130  # the shell's status for Ctrl-C
@@ -265,8 +265,10 @@ def _plan(args: argparse.Namespace) -> tuple[StudySettings, SearchSpace]:
                 "pass --resume to continue it, or another --name"
             )
     space = space.with_overrides(settings.overrides(space))
-    if settings.scheduler == "asha" and _max_final_step(space) < 1:
-        raise UsageError("--scheduler asha stops trials at pruning steps, but this space prunes no step")
+    if settings.scheduler in STOPPING and _max_final_step(space) < 1:
+        raise UsageError(
+            f"--scheduler {settings.scheduler} stops trials at pruning steps, but this space prunes no step"
+        )
     _check_datasets(space)
     return settings, space
 
@@ -333,8 +335,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--scheduler",
         choices=SCHEDULERS,
         default=None,
-        help="fifo runs every trial to its end; asha stops trials whose first objective lags at a pruning step "
-        "(recorded as pruned, never on the front) (default: fifo)",
+        help=SCHEDULER_HELP,
     )
     what.add_argument(
         "--smoke",
@@ -531,8 +532,8 @@ def _versions() -> dict[str, str]:
 
 def _tuner(settings: StudySettings, space: SearchSpace, max_concurrent: int, *, resume: bool, max_failures: int) -> Any:
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
+    from study.scheduling import make_scheduler
     from study.trainable import run_trial, trial_dirname, trial_name
 
     trainable = tune.with_resources(run_trial, {"cpu": settings.cpus_per_trial, "gpu": settings.gpus_per_trial})
@@ -553,30 +554,33 @@ def _tuner(settings: StudySettings, space: SearchSpace, max_concurrent: int, *, 
 
     import optuna
 
-    from study.searcher import StudySearch, StudySearcher, make_sampler
+    from study.sampler_plan import build_sampler, plan_sampler
+    from study.searcher import StudySearch, StudySearcher
     from study.tracking import StudyTracker
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study_dir.mkdir(parents=True)
     shutil.copyfile(space.path, study_dir / f"{settings.space}.toml")
+    plan = plan_sampler(
+        settings.sampler,
+        num_samples=settings.num_samples,
+        num_params=len(space.params),
+        max_concurrent=max_concurrent,
+    )
+    print(f"sampler: {plan.header()}", flush=True)
     searcher = StudySearcher(
         space,
-        sampler=make_sampler(settings.sampler, settings.seed),
+        sampler=build_sampler(plan, settings.seed),
         storage=optuna.storages.RDBStorage(f"sqlite:///{study_dir / 'optuna.db'}"),
         study_name=settings.name,
     )
-    if settings.scheduler == "asha":
-        # ASHA compares the first objective at pruning steps 1, 2, 4, ...; trials it stops are told PRUNED.
-        scheduler = ASHAScheduler(
-            time_attr="step",
-            metric=space.metrics[0],
-            mode=space.modes[0],
-            max_t=_max_final_step(space),
-            grace_period=1,
-            reduction_factor=2,
-        )
-    else:
-        scheduler = FIFOScheduler()
+    scheduler = make_scheduler(
+        settings.scheduler,
+        metrics=space.metrics,
+        modes=space.modes,
+        max_t=_max_final_step(space),
+        study_dir=study_dir,
+    )
     tracker = StudyTracker(
         tracking_uri=settings.tracking_uri,
         experiment_name=settings.experiment_name,
@@ -588,7 +592,7 @@ def _tuner(settings: StudySettings, space: SearchSpace, max_concurrent: int, *, 
         scheduler=settings.scheduler,
         params={
             "space": settings.space,
-            "sampler": settings.sampler,
+            **plan.params(),
             "seed": settings.seed,
             "num_samples": settings.num_samples,
             "scheduler": settings.scheduler,
