@@ -18,7 +18,7 @@ import pytest
 import torch
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
-SCRIPTS = ("adapter_step", "pruned_inference", "criteria_cost", "claim", "gpu")
+SCRIPTS = ("adapter_step", "pruned_inference", "criteria_cost", "claim", "gpu", "harness_scale")
 
 
 def load(name: str) -> ModuleType:
@@ -245,6 +245,17 @@ def test_gpu_throughput_helpers() -> None:
     assert ratios["splora_over_finetune"] == pytest.approx(1.25)
     assert math.isnan(ratios["splora_over_finetune_compiled"])
     assert gpu.last_line(ratios) == "splora_over_finetune=1.25 splora_over_finetune_compiled=nan"
+
+
+def test_harness_scale_helpers() -> None:
+    scale = load("harness_scale")
+    points = scale.synthetic_points(800)
+    assert len(points) == 800 and points["step"].max() == 18
+    assert points["val_accuracy"].duplicated().any()  # ties, as rounded accuracies give
+    from study.pareto import front_frame
+
+    assert front_frame(points, scale.METRICS, scale.MODES).equals(scale.pairwise_front_frame(points))
+    assert scale.book_add_seconds(points, last=100) > 0
 
 
 # --- command lines ------------------------------------------------------------------------------------------------
