@@ -5,7 +5,7 @@ Two parts, one run:
 1. Front update: ``study.pareto.front_frame`` over N synthetic step points (accuracy rounded to 4 decimals, so ties;
    learned parameters as integers) with the two-objective sort and sweep ("after") against the pairwise O(n^2)
    check that ``pareto_mask`` used before ("before": ``study.pareto._dominated_by_any``, the same code), interleaved
-   round-robin; and ``study.front_book.FrontBook``: the mean time to add one point to a book already holding N.
+   round-robin; and ``study.front.FrontBook``: the mean time to add one step point to the tracker's book of N.
 2. Driver: a study of null trials (a function trainable that reports ``--steps`` synthetic pruning steps without
    training) through Ray Tune with the project's searcher (``StudySearcher``, random sampler) and tracking callback
    (``StudyTracker``: MLflow in SQLite, fronts rewritten at every trial end), at each size in ``--trials``. Driver
@@ -84,15 +84,17 @@ def pairwise_front_frame(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def book_add_seconds(points: pd.DataFrame, last: int = 1000) -> float:
-    """Mean seconds to add one point to a FrontBook, over the last ``last`` of the points (book near full size)."""
-    from study.front_book import FrontBook
+    """Mean seconds to add one step point to the tracker's FrontBook, over the last ``last`` of the points (book
+    near full size)."""
+    from study.front import FrontBook
 
-    book = FrontBook(MODES)
-    keys = zip(points["run_id"], points["step"], strict=True)
-    rows = list(zip(keys, points[METRICS].itertuples(index=False, name=None), strict=True))
-    book.extend(rows[:-last])
+    book = FrontBook(METRICS, MODES)
+    rows = points.to_dict("records")
+    for row in rows[:-last]:
+        book.add(row["run_id"], int(row["step"]), row)
     started = time.perf_counter()
-    book.extend(rows[-last:])
+    for row in rows[-last:]:
+        book.add(row["run_id"], int(row["step"]), row)
     return (time.perf_counter() - started) / last
 
 

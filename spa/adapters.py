@@ -3,7 +3,8 @@
 The update dW = B @ A sits at the kernel's centre tap. For a k x k convolution with padding k // 2 that is the
 same as a 1 x 1 convolution of the same stride on the same input, so the adapter runs as its own two-conv path:
 the frozen base conv then needs no weight gradient, and W + dW is never materialised while training
-(the reference package builds W + dW every forward, which made its step slower than full fine-tuning).
+(the original research package builds W + dW every forward, which made its step slower than full fine-tuning;
+see docs/METHOD.md).
 """
 
 from __future__ import annotations
@@ -14,6 +15,9 @@ from collections.abc import Callable, Iterable
 import torch
 from torch import nn
 
+from spa.config import LEARNERS
+from spa.validation import is_finite_number, is_int
+
 __all__ = [
     "SPLoRAConv2d",
     "SPLoRALinear",
@@ -22,23 +26,64 @@ __all__ = [
     "merge",
     "mark_trainable",
     "is_adapted",
+    "network_convs",
+    "producing_conv",
 ]
 
 
-def _init_factors(lora_a: torch.Tensor, lora_b: torch.Tensor, init_range: float) -> None:
-    # As the reference: A like nn.Linear's default init, B uniform in +-init_range (small, so dW starts near 0).
-    nn.init.kaiming_uniform_(lora_a, a=math.sqrt(5))
-    nn.init.uniform_(lora_b, -init_range, init_range)
-
-
 def _check_rank_and_range(rank: int, init_range: float) -> None:
-    if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
+    if not (is_int(rank) and rank >= 1):
         raise ValueError(f"SPLoRA rank must be an integer >= 1, got {rank!r}")
-    if not (isinstance(init_range, (int, float)) and math.isfinite(init_range) and init_range > 0):
+    if not (is_finite_number(init_range) and init_range > 0):
         raise ValueError(f"SPLoRA init_range must be a finite number > 0, got {init_range!r}")
 
 
-class SPLoRAConv2d(nn.Module):
+class _SPLoRALayer(nn.Module):
+    """What both adapters share: a frozen base layer plus the low-rank path ``lora_b(lora_a(x))``.
+
+    A subclass builds ``lora_a`` (in -> r) and ``lora_b`` (r -> out) as layers of its base's kind and says how
+    the product ``B @ A`` sits in the base's weight (``get_delta_weight``) and how to build an empty copy of the
+    base (``_empty_base``); the forward, the adapted weight and the merge are the same for both.
+    """
+
+    base_layer: nn.Module
+    lora_a: nn.Module
+    lora_b: nn.Module
+
+    def _init_factors(self, init_range: float) -> None:
+        # As the original research code: A like nn.Linear's default init, B uniform in +-init_range (small, so dW
+        # starts near 0).
+        nn.init.kaiming_uniform_(self.lora_a.weight, a=math.sqrt(5))
+        nn.init.uniform_(self.lora_b.weight, -init_range, init_range)
+
+    @property
+    def rank(self) -> int:
+        return self.lora_a.weight.shape[0]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.base_layer(x) + self.lora_b(self.lora_a(x))
+
+    def get_delta_weight(self) -> torch.Tensor:
+        """The update ``B @ A``, shape (out, in): one matrix serves ``adapted_weight`` and ``merged``."""
+        return self.lora_b.weight.flatten(1) @ self.lora_a.weight.flatten(1)
+
+    def adapted_weight(self) -> torch.Tensor:
+        return self.base_layer.weight + self.get_delta_weight()
+
+    def _empty_base(self) -> nn.Module:
+        raise NotImplementedError
+
+    def merged(self) -> nn.Module:
+        """A plain layer computing the same function (for export, LRP and FLOP counting)."""
+        layer = self._empty_base()
+        with torch.no_grad():
+            layer.weight.copy_(self.adapted_weight())
+            if self.base_layer.bias is not None:
+                layer.bias.copy_(self.base_layer.bias)
+        return layer
+
+
+class SPLoRAConv2d(_SPLoRALayer):
     """A frozen ``nn.Conv2d`` plus a low-rank centre-tap update ``B (out x r) @ A (r x in)``."""
 
     def __init__(self, base_layer: nn.Conv2d, rank: int, init_range: float) -> None:
@@ -66,11 +111,7 @@ class SPLoRAConv2d(nn.Module):
             base_layer.in_channels, rank, 1, stride=base_layer.stride, bias=False, device=device, dtype=dtype
         )
         self.lora_b = nn.Conv2d(rank, base_layer.out_channels, 1, bias=False, device=device, dtype=dtype)
-        _init_factors(self.lora_a.weight, self.lora_b.weight, init_range)
-
-    @property
-    def rank(self) -> int:
-        return self.lora_a.out_channels
+        self._init_factors(init_range)
 
     @property
     def in_channels(self) -> int:
@@ -80,23 +121,16 @@ class SPLoRAConv2d(nn.Module):
     def out_channels(self) -> int:
         return self.base_layer.out_channels
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.base_layer(x) + self.lora_b(self.lora_a(x))
-
     def get_delta_weight(self) -> torch.Tensor:
         """The update as a full kernel: B @ A at the centre tap, zero elsewhere. Shape (out, in, k, k)."""
         k = self.base_layer.kernel_size[0]
         delta = torch.zeros_like(self.base_layer.weight)
-        delta[:, :, k // 2, k // 2] = self.lora_b.weight.flatten(1) @ self.lora_a.weight.flatten(1)
+        delta[:, :, k // 2, k // 2] = super().get_delta_weight()
         return delta
 
-    def adapted_weight(self) -> torch.Tensor:
-        return self.base_layer.weight + self.get_delta_weight()
-
-    def merged(self) -> nn.Conv2d:
-        """A plain conv computing the same function (for export, LRP and FLOP counting)."""
+    def _empty_base(self) -> nn.Conv2d:
         base = self.base_layer
-        conv = nn.Conv2d(
+        return nn.Conv2d(
             base.in_channels,
             base.out_channels,
             base.kernel_size,
@@ -106,54 +140,31 @@ class SPLoRAConv2d(nn.Module):
             device=base.weight.device,
             dtype=base.weight.dtype,
         )
-        with torch.no_grad():
-            conv.weight.copy_(self.adapted_weight())
-            if base.bias is not None:
-                conv.bias.copy_(base.bias)
-        return conv
 
 
-class SPLoRALinear(nn.Module):
+class SPLoRALinear(_SPLoRALayer):
     """A frozen ``nn.Linear`` plus a low-rank update ``B (out x r) @ A (r x in)``."""
 
     def __init__(self, base_layer: nn.Linear, rank: int, init_range: float) -> None:
         super().__init__()
         _check_rank_and_range(rank, init_range)
         self.base_layer = base_layer
-        # As in the reference package: the bias of a linear layer stays trainable, the weight is frozen.
+        # As in the original research package: the bias of a linear layer stays trainable, the weight is frozen.
         self.base_layer.weight.requires_grad_(False)
         device, dtype = base_layer.weight.device, base_layer.weight.dtype
         self.lora_a = nn.Linear(base_layer.in_features, rank, bias=False, device=device, dtype=dtype)
         self.lora_b = nn.Linear(rank, base_layer.out_features, bias=False, device=device, dtype=dtype)
-        _init_factors(self.lora_a.weight, self.lora_b.weight, init_range)
+        self._init_factors(init_range)
 
-    @property
-    def rank(self) -> int:
-        return self.lora_a.out_features
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.base_layer(x) + self.lora_b(self.lora_a(x))
-
-    def get_delta_weight(self) -> torch.Tensor:
-        return self.lora_b.weight @ self.lora_a.weight
-
-    def adapted_weight(self) -> torch.Tensor:
-        return self.base_layer.weight + self.get_delta_weight()
-
-    def merged(self) -> nn.Linear:
+    def _empty_base(self) -> nn.Linear:
         base = self.base_layer
-        linear = nn.Linear(
+        return nn.Linear(
             base.in_features,
             base.out_features,
             bias=base.bias is not None,
             device=base.weight.device,
             dtype=base.weight.dtype,
         )
-        with torch.no_grad():
-            linear.weight.copy_(self.adapted_weight())
-            if base.bias is not None:
-                linear.bias.copy_(base.bias)
-        return linear
 
 
 AdapterLayer = SPLoRAConv2d | SPLoRALinear
@@ -196,10 +207,7 @@ def add_splora(
     found = [
         name
         for name, module in model.named_modules()
-        if name
-        and not isinstance(module, (SPLoRAConv2d, SPLoRALinear))
-        and not _inside_adapter(model, name)
-        and target(name, module)
+        if name and not isinstance(module, AdapterLayer) and not _inside_adapter(model, name) and target(name, module)
     ]
     if not found:
         raise ValueError("add_splora matched no layer: the target selects nothing in this model")
@@ -212,13 +220,33 @@ def add_splora(
 def _inside_adapter(model: nn.Module, name: str) -> bool:
     parts = name.split(".")
     for i in range(1, len(parts)):
-        if isinstance(model.get_submodule(".".join(parts[:i])), (SPLoRAConv2d, SPLoRALinear)):
+        if isinstance(model.get_submodule(".".join(parts[:i])), AdapterLayer):
             return True
     return False
 
 
 def adapter_layers(model: nn.Module) -> Iterable[tuple[str, AdapterLayer]]:
-    return ((n, m) for n, m in model.named_modules() if isinstance(m, (SPLoRAConv2d, SPLoRALinear)))
+    return ((n, m) for n, m in model.named_modules() if isinstance(m, AdapterLayer))
+
+
+def network_convs(model: nn.Module) -> dict[str, nn.Conv2d | SPLoRAConv2d]:
+    """Name -> layer of every conv of the network itself (stem, block and downsample convs), in module order.
+
+    An adapted conv is its ``SPLoRAConv2d`` wrapper, named as the conv it replaced (``"layer1.0.conv1"``); the
+    wrapper's ``base_layer`` and its ``lora_a``/``lora_b`` factor convs are not network convs. The one
+    enumeration that counting, scoring and pruning share, so all three see the same convs under the same names.
+    """
+    inside = {id(c) for m in model.modules() if isinstance(m, SPLoRAConv2d) for c in (m.base_layer, m.lora_a, m.lora_b)}
+    return {
+        name: module
+        for name, module in model.named_modules()
+        if isinstance(module, SPLoRAConv2d) or (isinstance(module, nn.Conv2d) and id(module) not in inside)
+    }
+
+
+def producing_conv(layer: nn.Conv2d | SPLoRAConv2d) -> nn.Conv2d:
+    """The conv whose weight holds ``layer``'s output channels: an adapter's frozen base, else the conv itself."""
+    return layer.base_layer if isinstance(layer, SPLoRAConv2d) else layer
 
 
 def is_adapted(model: nn.Module) -> bool:
@@ -232,10 +260,10 @@ def mark_trainable(model: nn.Module, learner: str, *, head: str = "fc") -> None:
         model.requires_grad_(True)
         return
     if learner != "splora":
-        raise ValueError(f"unknown learner {learner!r}; allowed: 'finetune', 'splora'")
+        raise ValueError(f"unknown learner {learner!r}; allowed: {', '.join(map(repr, LEARNERS))}")
     model.requires_grad_(False)
     for module in model.modules():
-        if isinstance(module, (SPLoRAConv2d, SPLoRALinear)):
+        if isinstance(module, AdapterLayer):
             module.lora_a.requires_grad_(True)
             module.lora_b.requires_grad_(True)
             if isinstance(module, SPLoRALinear) and module.base_layer.bias is not None:

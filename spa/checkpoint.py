@@ -8,12 +8,13 @@ checkpoints plain tensors (loaded with ``weights_only=True``) instead of pickled
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
+
+from spa.files import write_atomically
 
 __all__ = ["resize_to", "save_checkpoint", "load_checkpoint", "CHECKPOINT_FILE"]
 
@@ -52,14 +53,10 @@ def resize_to(model: nn.Module, state: dict[str, torch.Tensor]) -> nn.Module:
 
 def save_checkpoint(directory: str | Path, model: nn.Module, extra: dict[str, Any]) -> Path:
     """Write ``checkpoint.pt`` atomically (a killed writer never leaves a truncated checkpoint)."""
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    path = directory / CHECKPOINT_FILE
-    partial = directory / f".{CHECKPOINT_FILE}.partial"
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    torch.save({"model": state, **extra}, partial)
-    os.replace(partial, path)
-    return path
+    return write_atomically(
+        Path(directory) / CHECKPOINT_FILE, lambda temporary: torch.save({"model": state, **extra}, temporary)
+    )
 
 
 def load_checkpoint(directory: str | Path) -> dict[str, Any]:

@@ -2,15 +2,18 @@
 
 Frozen dataclasses checked in ``__post_init__``: an impossible value fails at construction with a one-line
 message naming the field, the value and what is allowed. A Tune trial's flat dict becomes these once, at the edge
-(``ExperimentConfig.from_flat``).
+(``ExperimentConfig.from_flat``). Each field's metadata carries its help text (``setting``); ``python -m spa.run``
+generates its flags from these dataclasses (``spa.flags``), so every default lives here and only here.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass, field
 from typing import Any
+
+from spa.schedules import SHAPES as SCHEDULE_SHAPES
+from spa.validation import ConfigError, is_finite_number, is_int
 
 __all__ = [
     "ConfigError",
@@ -26,182 +29,188 @@ __all__ = [
     "SCHEDULE_SHAPES",
     "OPTIMIZERS",
     "LR_SCHEDULES",
+    "PRETRAINED_DIGITS",
+    "NAMED_WEIGHTS",
 ]
 
 LEARNERS = ("finetune", "splora")
 CRITERIA_NAMES = ("weight", "grad", "taylor", "lrp")
-SCHEDULE_SHAPES = ("linear", "geometric")
 OPTIMIZERS = ("sgd", "adamw")
 LR_SCHEDULES = ("step", "cosine", "constant")
+PRETRAINED_DIGITS = "pretrained-digits"  # the backbone spa.pretrain trains once on digits 0-4 and caches
+NAMED_WEIGHTS = ("imagenet", "none", PRETRAINED_DIGITS)  # what ModelConfig.weights may name besides a file
 
 
-class ConfigError(ValueError):
-    """An impossible configuration value; the message is one line naming the field and what is allowed."""
+def setting(default: Any, help: str, *, default_text: str | None = None, choices: tuple[str, ...] = ()) -> Any:
+    """A config field whose metadata carries its command-line help.
+
+    ``default_text`` says what a ``None`` default means (``"torch's choice"``); ``choices`` is the field's
+    vocabulary, when it has one.
+    """
+    metadata = {"help": help, "default_text": default_text, "choices": choices}
+    return field(default=default, metadata=metadata)
 
 
-def _require(condition: bool, message: str) -> None:
+def _require(condition: bool, field: str, value: Any, allowed: str) -> None:
     if not condition:
-        raise ConfigError(message)
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        raise ConfigError.not_allowed(field, value, allowed)
 
 
 @dataclass(frozen=True)
 class DataConfig:
-    dataset: str = "digits"
-    data_dir: str | None = None
-    download: bool = False
-    val_fraction: float = 0.1
-    batch_size: int = 32
-    num_workers: int = 0
+    dataset: str = setting("digits", "the target task", default_text="digits, embedded and offline")
+    data_dir: str | None = setting(
+        None, "where torchvision datasets live", default_text="$SPA_DATA_DIR or ~/.cache/spa/data"
+    )
+    download: bool = setting(False, "allow torchvision to download the dataset")
+    val_fraction: float = setting(0.1, "share of the training data held out as val")
+    batch_size: int = setting(32, "batch size")
+    num_workers: int = setting(0, "data loader workers")
 
     def __post_init__(self) -> None:
         _require(
-            _is_number(self.val_fraction) and 0 < self.val_fraction < 1,
-            f"val_fraction={self.val_fraction!r} is not allowed; allowed: a number in (0, 1)",
+            is_finite_number(self.val_fraction) and 0 < self.val_fraction < 1,
+            "val_fraction",
+            self.val_fraction,
+            "a number in (0, 1)",
         )
-        _require(
-            _is_int(self.batch_size) and self.batch_size >= 1,
-            f"batch_size={self.batch_size!r} is not allowed; allowed: an integer >= 1",
-        )
-        _require(
-            _is_int(self.num_workers) and self.num_workers >= 0,
-            f"num_workers={self.num_workers!r} is not allowed; allowed: an integer >= 0",
-        )
+        _require(is_int(self.batch_size) and self.batch_size >= 1, "batch_size", self.batch_size, "an integer >= 1")
+        _require(is_int(self.num_workers) and self.num_workers >= 0, "num_workers", self.num_workers, "an integer >= 0")
 
 
 @dataclass(frozen=True)
 class ModelConfig:
-    arch: str = "resnet18"
-    weights: str = "pretrained-digits"  # "imagenet", "none", "pretrained-digits" or a state-dict path
+    arch: str = setting("resnet18", "architecture")
+    weights: str = setting(
+        PRETRAINED_DIGITS,
+        "imagenet, none, pretrained-digits (a backbone pretrained on digits 0-4, cached) or a state-dict path",
+    )
 
     def __post_init__(self) -> None:
         from spa.models import ARCHITECTURES  # local: keep config import-light
 
-        _require(self.arch in ARCHITECTURES, f"arch={self.arch!r} is not allowed; allowed: {', '.join(ARCHITECTURES)}")
-        _require(isinstance(self.weights, str) and self.weights != "", f"weights={self.weights!r} must be a string")
+        _require(self.arch in ARCHITECTURES, "arch", self.arch, ", ".join(ARCHITECTURES))
+        if not (isinstance(self.weights, str) and self.weights != ""):
+            raise ConfigError(
+                f"weights={self.weights!r} must be a string", field="weights", allowed="a non-empty string"
+            )
 
 
 @dataclass(frozen=True)
 class LearnerConfig:
-    learner: str = "splora"
-    rank: int = 8
-    init_range: float = 1e-3
+    learner: str = setting("splora", "what is learned: every weight (finetune) or SPLoRA adapters", choices=LEARNERS)
+    rank: int = setting(8, "SPLoRA rank")
+    init_range: float = setting(1e-3, "SPLoRA B init range: B starts uniform in +-init_range")
 
     def __post_init__(self) -> None:
-        _require(self.learner in LEARNERS, f"learner={self.learner!r} is not allowed; allowed: {', '.join(LEARNERS)}")
-        _require(_is_int(self.rank) and self.rank >= 1, f"rank={self.rank!r} is not allowed; allowed: an integer >= 1")
+        _require(self.learner in LEARNERS, "learner", self.learner, ", ".join(LEARNERS))
+        _require(is_int(self.rank) and self.rank >= 1, "rank", self.rank, "an integer >= 1")
         _require(
-            _is_number(self.init_range) and self.init_range > 0,
-            f"init_range={self.init_range!r} is not allowed; allowed: a finite number > 0",
+            is_finite_number(self.init_range) and self.init_range > 0,
+            "init_range",
+            self.init_range,
+            "a finite number > 0",
         )
 
 
 @dataclass(frozen=True)
 class OptimConfig:
-    optimizer: str = "sgd"
-    lr: float = 0.01
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    lr_schedule: str = "step"
-    epochs: int = 3
-    recovery_epochs: int = 1
+    optimizer: str = setting("sgd", "optimizer", choices=OPTIMIZERS)
+    lr: float = setting(0.01, "learning rate")
+    momentum: float = setting(0.9, "SGD momentum")
+    weight_decay: float = setting(5e-4, "weight decay")
+    lr_schedule: str = setting(
+        "step", "LR schedule per training phase (step: x0.2 every quarter, as the original code)", choices=LR_SCHEDULES
+    )
+    epochs: int = setting(3, "training epochs before pruning")
+    recovery_epochs: int = setting(1, "recovery epochs after each pruning step")
 
     def __post_init__(self) -> None:
+        _require(self.optimizer in OPTIMIZERS, "optimizer", self.optimizer, ", ".join(OPTIMIZERS))
+        _require(is_finite_number(self.lr) and self.lr > 0, "lr", self.lr, "a finite number > 0")
         _require(
-            self.optimizer in OPTIMIZERS,
-            f"optimizer={self.optimizer!r} is not allowed; allowed: {', '.join(OPTIMIZERS)}",
-        )
-        _require(_is_number(self.lr) and self.lr > 0, f"lr={self.lr!r} is not allowed; allowed: a finite number > 0")
-        _require(
-            _is_number(self.momentum) and 0 <= self.momentum < 1,
-            f"momentum={self.momentum!r} is not allowed; allowed: a number in [0, 1)",
+            is_finite_number(self.momentum) and 0 <= self.momentum < 1, "momentum", self.momentum, "a number in [0, 1)"
         )
         _require(
-            _is_number(self.weight_decay) and self.weight_decay >= 0,
-            f"weight_decay={self.weight_decay!r} is not allowed; allowed: a number >= 0",
+            is_finite_number(self.weight_decay) and self.weight_decay >= 0,
+            "weight_decay",
+            self.weight_decay,
+            "a number >= 0",
         )
+        _require(self.lr_schedule in LR_SCHEDULES, "lr_schedule", self.lr_schedule, ", ".join(LR_SCHEDULES))
+        _require(is_int(self.epochs) and self.epochs >= 0, "epochs", self.epochs, "an integer >= 0")
         _require(
-            self.lr_schedule in LR_SCHEDULES,
-            f"lr_schedule={self.lr_schedule!r} is not allowed; allowed: {', '.join(LR_SCHEDULES)}",
-        )
-        _require(
-            _is_int(self.epochs) and self.epochs >= 0,
-            f"epochs={self.epochs!r} is not allowed; allowed: an integer >= 0",
-        )
-        _require(
-            _is_int(self.recovery_epochs) and self.recovery_epochs >= 0,
-            f"recovery_epochs={self.recovery_epochs!r} is not allowed; allowed: an integer >= 0",
+            is_int(self.recovery_epochs) and self.recovery_epochs >= 0,
+            "recovery_epochs",
+            self.recovery_epochs,
+            "an integer >= 0",
         )
 
 
 @dataclass(frozen=True)
 class PruneConfig:
-    criterion: str = "lrp"
-    norm: bool = True
-    final_density: float = 0.3
-    steps: int = 3
-    shape: str = "geometric"
-    densities: tuple[float, ...] | None = None  # an explicit schedule overrides final_density/steps/shape
-    max_score_batches: int | None = None  # None: one full pass over the training data, as the reference
+    criterion: str = setting("lrp", "pruning criterion", choices=CRITERIA_NAMES)
+    norm: bool = setting(True, "per-layer score normalisation before global ranking")
+    final_density: float = setting(0.3, "density after the last step")
+    steps: int = setting(3, "number of pruning steps")
+    shape: str = setting("geometric", "shape of the density schedule", choices=SCHEDULE_SHAPES)
+    densities: tuple[float, ...] | None = setting(
+        None, "explicit schedule, e.g. 0.8,0.5,0.3 (overrides final density, steps and shape)", default_text="none"
+    )
+    max_score_batches: int | None = setting(
+        None, "batches used to score channels", default_text="all: one pass, as the original code"
+    )
 
     def __post_init__(self) -> None:
+        _require(self.criterion in CRITERIA_NAMES, "criterion", self.criterion, ", ".join(CRITERIA_NAMES))
         _require(
-            self.criterion in CRITERIA_NAMES,
-            f"criterion={self.criterion!r} is not allowed; allowed: {', '.join(CRITERIA_NAMES)}",
+            is_finite_number(self.final_density) and 0 < self.final_density <= 1,
+            "final_density",
+            self.final_density,
+            "a number in (0, 1]",
         )
-        _require(
-            _is_number(self.final_density) and 0 < self.final_density <= 1,
-            f"final_density={self.final_density!r} is not allowed; allowed: a number in (0, 1]",
-        )
-        _require(
-            _is_int(self.steps) and self.steps >= 0, f"steps={self.steps!r} is not allowed; allowed: an integer >= 0"
-        )
-        _require(
-            self.shape in SCHEDULE_SHAPES,
-            f"shape={self.shape!r} is not allowed; allowed: {', '.join(SCHEDULE_SHAPES)}",
-        )
+        _require(is_int(self.steps) and self.steps >= 0, "steps", self.steps, "an integer >= 0")
+        _require(self.shape in SCHEDULE_SHAPES, "shape", self.shape, ", ".join(SCHEDULE_SHAPES))
         if self.densities is not None:
             values = tuple(self.densities)
             object.__setattr__(self, "densities", values)
-            _require(
-                all(_is_number(d) and 0 < d <= 1 for d in values),
-                f"densities={values!r} is not allowed; allowed: numbers in (0, 1]",
-            )
+            _require(all(is_finite_number(d) and 0 < d <= 1 for d in values), "densities", values, "numbers in (0, 1]")
             _require(
                 all(a > b for a, b in zip(values, values[1:], strict=False)),
-                f"densities={values!r} is not allowed; allowed: a strictly decreasing list",
+                "densities",
+                values,
+                "a strictly decreasing list",
             )
         _require(
-            self.max_score_batches is None or (_is_int(self.max_score_batches) and self.max_score_batches >= 1),
-            f"max_score_batches={self.max_score_batches!r} is not allowed; allowed: an integer >= 1 or None",
+            self.max_score_batches is None or (is_int(self.max_score_batches) and self.max_score_batches >= 1),
+            "max_score_batches",
+            self.max_score_batches,
+            "an integer >= 1 or None",
         )
 
 
 @dataclass(frozen=True)
 class RuntimeConfig:
-    seed: int = 0
-    device: str = "auto"  # "auto", "cpu", "cuda" or "cuda:N"
-    threads: int | None = None
-    bf16: bool = False
-    deterministic: bool = False
-    cache_dir: str | None = None  # where the pretrained digits backbone is cached
+    seed: int = setting(0, "random seed, set before anything is built")
+    device: str = setting("auto", "auto, cpu, cuda or cuda:N")
+    threads: int | None = setting(None, "torch CPU threads", default_text="torch's choice")
+    bf16: bool = setting(False, "bf16 autocast on CUDA")
+    deterministic: bool = setting(False, "deterministic algorithms")
+    cache_dir: str | None = setting(None, "cache for pretrained backbones", default_text="~/.cache/spa")
 
     def __post_init__(self) -> None:
-        _require(_is_int(self.seed) and self.seed >= 0, f"seed={self.seed!r} is not allowed; allowed: an integer >= 0")
+        _require(is_int(self.seed) and self.seed >= 0, "seed", self.seed, "an integer >= 0")
         _require(
             self.device in ("auto", "cpu", "cuda") or str(self.device).startswith("cuda:"),
-            f"device={self.device!r} is not allowed; allowed: auto, cpu, cuda, cuda:N",
+            "device",
+            self.device,
+            "auto, cpu, cuda, cuda:N",
         )
         _require(
-            self.threads is None or (_is_int(self.threads) and self.threads >= 1),
-            f"threads={self.threads!r} is not allowed; allowed: an integer >= 1",
+            self.threads is None or (is_int(self.threads) and self.threads >= 1),
+            "threads",
+            self.threads,
+            "an integer >= 1",
         )
 
 
@@ -231,7 +240,9 @@ class ExperimentConfig:
         """Build from a flat dict (a Tune trial's config); unknown keys are an error."""
         names = cls.field_names()
         unknown = sorted(set(flat) - set(names))
-        _require(not unknown, f"unknown setting(s) {unknown}; allowed: {', '.join(sorted(names))}")
+        if unknown:
+            allowed = ", ".join(sorted(names))
+            raise ConfigError(f"unknown setting(s) {unknown}; allowed: {allowed}", field=unknown[0], allowed=allowed)
         grouped: dict[str, dict[str, Any]] = {s: {} for s in cls._SECTIONS}
         for key, value in flat.items():
             if key == "densities" and value is not None:

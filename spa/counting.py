@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from spa.adapters import SPLoRAConv2d, SPLoRALinear
+from spa import adapters
 
 __all__ = ["learned_parameters", "total_parameters", "flops", "conv_channels", "density", "network_convs"]
 
@@ -24,10 +24,7 @@ def learned_parameters(model: nn.Module) -> int:
 def total_parameters(model: nn.Module) -> int:
     """Parameters of the deployable model: adapters count as merged into their base layer."""
     adapter_factors = {
-        id(p)
-        for m in model.modules()
-        if isinstance(m, (SPLoRAConv2d, SPLoRALinear))
-        for p in (*m.lora_a.parameters(), *m.lora_b.parameters())
+        id(p) for _, m in adapters.adapter_layers(model) for p in (*m.lora_a.parameters(), *m.lora_b.parameters())
     }
     return sum(p.numel() for p in model.parameters() if id(p) not in adapter_factors)
 
@@ -57,10 +54,10 @@ def flops(model: nn.Module, input_size: Sequence[int]) -> int:
         nonlocal total
         total += 2 * output.numel()
 
+    for _, layer in adapters.adapter_layers(model):
+        skip.update((id(layer.lora_a), id(layer.lora_b)))
     handles = []
     for module in model.modules():
-        if isinstance(module, (SPLoRAConv2d, SPLoRALinear)):
-            skip.update((id(module.lora_a), id(module.lora_b)))
         if isinstance(module, nn.Conv2d):
             handles.append(module.register_forward_hook(conv_hook))
         elif isinstance(module, nn.Linear):
@@ -81,9 +78,8 @@ def flops(model: nn.Module, input_size: Sequence[int]) -> int:
 
 
 def network_convs(model: nn.Module) -> list[nn.Conv2d]:
-    """Every conv of the network itself (an adapted conv counts as its base conv; adapter factors do not)."""
-    factors = {id(c) for m in model.modules() if isinstance(m, SPLoRAConv2d) for c in (m.lora_a, m.lora_b)}
-    return [m for m in model.modules() if isinstance(m, nn.Conv2d) and id(m) not in factors]
+    """Every conv of the network itself (``spa.adapters.network_convs``), an adapted conv as its base conv."""
+    return [adapters.producing_conv(layer) for layer in adapters.network_convs(model).values()]
 
 
 def conv_channels(model: nn.Module) -> int:

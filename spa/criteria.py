@@ -1,12 +1,14 @@
 """Channel-importance criteria: one 1-D score per output channel of every conv, higher = more important.
 
 ``score_channels(model, loader, criterion)`` is the one entry point. It scores every conv of the network (stem,
-block and downsample convs, as ``spa.counting.network_convs``); an adapted conv is scored as the function it
+block and downsample convs, as ``spa.adapters.network_convs``); an adapted conv is scored as the function it
 computes (base + adapter), under the name of its ``SPLoRAConv2d`` wrapper, so fine-tuned, SPLoRA and merged
-models share names. Scores are summed over the batches of one pass; ``normalize`` is the reference's ``--norm``.
+models share names. Scores are summed over the batches of one pass; ``normalize`` is the original research
+code's ``--norm``. docs/METHOD.md defines the four criteria.
 
-Unlike the reference, ranking runs in eval mode (BatchNorm running statistics must not drift while ranking) and
-every criterion sees the adapted weights (the reference ignored the adapter when scoring SPLoRA models).
+Unlike the original research code, ranking runs in eval mode (BatchNorm running statistics must not drift while
+ranking) and every criterion sees the adapted weights (the original ignored the adapter when scoring SPLoRA
+models).
 """
 
 from __future__ import annotations
@@ -28,15 +30,17 @@ from zennit.rules import ClampMod, Epsilon, Norm, Pass, ZBox
 from zennit.torchvision import ResNetCanonizer
 from zennit.types import Activation, AvgPool, BatchNorm, Convolution
 
-from spa.adapters import SPLoRAConv2d, merge
+from spa.adapters import SPLoRAConv2d, merge, network_convs
+from spa.validation import is_int
 
 __all__ = ["Scores", "Batch", "Criterion", "CRITERIA", "score_channels", "normalize", "scored_convs"]
 
 Scores = dict[str, torch.Tensor]
 Batch = tuple[torch.Tensor, torch.Tensor]
 
-# LRP constants of the reference (Yeom et al. 2021 code): z-box bounds are the ImageNet-normalised pixel range
-# [(0 - 0.485) / 0.229, (1 - 0.406) / 0.225]; epsilon of the linear head's rule; stabiliser of the other rules.
+# LRP constants of the original research code (from Yeom et al. 2021's code; docs/METHOD.md): z-box bounds are
+# the ImageNet-normalised pixel range [(0 - 0.485) / 0.229, (1 - 0.406) / 0.225]; epsilon of the linear head's
+# rule; stabiliser of the other rules.
 ZBOX_LOW = -2.1179
 ZBOX_HIGH = 2.64
 LINEAR_EPSILON = 1e-6
@@ -54,15 +58,9 @@ class Criterion:
         return self.score(model, batches, device)
 
 
-def scored_convs(model: nn.Module) -> dict[str, nn.Module]:
-    """Name -> module of every conv that gets scores: plain convs and ``SPLoRAConv2d`` wrappers (not their
-    ``base_layer`` nor the ``lora_a``/``lora_b`` factor convs), in ``named_modules`` order."""
-    inside = {id(c) for m in model.modules() if isinstance(m, SPLoRAConv2d) for c in (m.base_layer, m.lora_a, m.lora_b)}
-    return {
-        name: module
-        for name, module in model.named_modules()
-        if isinstance(module, SPLoRAConv2d) or (isinstance(module, nn.Conv2d) and id(module) not in inside)
-    }
+# Name -> module of every conv that gets scores: plain convs and ``SPLoRAConv2d`` wrappers (not their
+# ``base_layer`` nor the ``lora_a``/``lora_b`` factor convs), in ``named_modules`` order.
+scored_convs = network_convs
 
 
 # ---------------------------------------------------------------------------------------------------- weight
@@ -87,7 +85,7 @@ def _following_batchnorm(model: nn.Module, name: str, out_channels: int) -> nn.B
 
 def _weight_scores(model: nn.Module, batches: Iterable[Batch], device: torch.device) -> Scores:
     """sum |W_eff| over each filter, W_eff = adapted weight (base + centre-tap B @ A) times the following
-    BatchNorm's scale gamma / sqrt(var + eps), as the reference fuses BN before taking magnitudes.
+    BatchNorm's scale gamma / sqrt(var + eps), as the original research code fuses BN before taking magnitudes.
 
     Fusing matters because a BN can rescale a channel arbitrarily: the bare conv weight's magnitude says nothing
     about the channel's output. The BN shift is left out (it is a bias, not a weight). Needs no data."""
@@ -192,9 +190,9 @@ class NonNegativeZPlus(BasicHook):
 
 
 def _lrp_composite() -> SpecialFirstLayerMapComposite:
-    """The reference's rules as a zennit composite: first conv z-box; other convs alpha1-beta0 with biases
-    ignored (``NonNegativeZPlus``: AlphaBeta(1, 0) for post-ReLU inputs, at a quarter of its cost); the linear
-    head epsilon; residual sum and average pooling split relevance in proportion to their inputs; ReLU and the
+    """The original research code's LRP rules as a zennit composite: first conv z-box; other convs alpha1-beta0
+    with biases ignored (``NonNegativeZPlus``: AlphaBeta(1, 0) for post-ReLU inputs, at a quarter of its cost); the
+    linear head epsilon; residual sum and average pooling split relevance in proportion to their inputs; ReLU and the
     (canonizer-neutralised) BatchNorm pass relevance through. ``ResNetCanonizer`` fuses each BN into its conv
     and routes the residual add through a ``Sum`` module; max-pooling keeps the plain gradient (winner takes all).
     """
@@ -279,6 +277,8 @@ def _complete(totals: Scores, convs: dict[str, nn.Module], batches_seen: int) ->
     }
 
 
+# Keyed by ``spa.config.CRITERIA_NAMES``, the vocabulary's one home (torch-free, for flags and search spaces);
+# tests/spa/test_criteria.py checks that the keys are exactly those names.
 CRITERIA: dict[str, Criterion] = {
     "weight": Criterion(score=_weight_scores, norm="l1"),
     "grad": Criterion(score=_accumulate_over_batches(_grad_reduce), norm="l2"),
@@ -321,12 +321,10 @@ def score_channels(
     """Score every output channel of every conv of ``model`` (already on ``device``) with ``criterion``.
 
     Data criteria make one pass over ``loader`` (or its first ``max_batches``) and sum over batches; ``weight``
-    reads no data. ``norm`` applies ``normalize`` (the reference's ``--norm``). Returns name -> (C,) cpu float32.
+    reads no data. ``norm`` applies ``normalize`` (the original code's ``--norm``). Returns name -> (C,) cpu float32.
     """
     chosen = _criterion(criterion)
-    if max_batches is not None and (
-        isinstance(max_batches, bool) or not isinstance(max_batches, int) or max_batches < 1
-    ):
+    if max_batches is not None and not (is_int(max_batches) and max_batches >= 1):
         raise ValueError(f"max_batches must be None or an integer >= 1, got {max_batches!r}")
     batches = loader if max_batches is None else itertools.islice(loader, max_batches)
     with _ranking_mode(model):

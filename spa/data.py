@@ -1,9 +1,9 @@
 """Datasets as train / val / test splits, and their loaders.
 
 The val split is carved from the training data (seeded by the run seed, default 10 %) and is what a study
-optimises; the test split is only reported, never used to choose anything (the reference chose hyperparameters
-on the test set). Val and test loaders keep every sample: no shuffle, no ``drop_last`` (the reference's test
-loader dropped its last partial batch).
+optimises; the test split is only reported, never used to choose anything (the original research code chose
+hyperparameters on the test set, docs/METHOD.md). Val and test loaders keep every sample: no shuffle, no
+``drop_last`` (the original code's test loader dropped its last partial batch).
 
 Datasets (``dataset_names()``):
 
@@ -31,18 +31,33 @@ live under ``data_dir`` (default ``$SPA_DATA_DIR`` or ``~/.cache/spa/data``) and
 from __future__ import annotations
 
 import functools
-import importlib.util
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Subset
 from torchvision import datasets as tv_datasets
 from torchvision import transforms as T
+
+from spa.digits import DigitsDataset, digits_splits
+from spa.digits import rendered_digits as _rendered_digits  # noqa: F401  (tests clear its cache through here)
+from spa.splits import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    TEST_FRACTION,
+    TEST_SPLIT_SEED,
+    DataError,
+    DatasetInfo,
+    Loaders,
+    Splits,
+    Transformed,
+    carve_val,
+    one_line,
+    stratified_test_split,
+)
+from spa.validation import is_int
 
 __all__ = [
     "DataError",
@@ -59,201 +74,8 @@ __all__ = [
     "score_loader",
 ]
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
-# The train/test split of sets without an official one (digits, a flat image folder) uses this seed, never the
-# run seed, so the test set is the same for every run.
-TEST_SPLIT_SEED = 0
-TEST_FRACTION = 0.2
-DIGITS_MAX_SHIFT = 2  # px at 32x32: half a pixel of the 8x8 source image
 IMAGEFOLDER_PREFIX = "imagefolder:"
-
-
-class DataError(ValueError):
-    """A dataset that cannot be loaded (unknown name, missing files); the message is one line."""
-
-
-@dataclass(frozen=True)
-class DatasetInfo:
-    name: str
-    num_classes: int
-    input_size: tuple[int, int, int]  # (C, H, W) of one model input
-    cifar_stem: bool  # a 3x3/1 stem without max-pool suits these inputs
-    mean: tuple[float, float, float] = IMAGENET_MEAN  # the normalisation applied to the inputs
-    std: tuple[float, float, float] = IMAGENET_STD
-
-
-@dataclass
-class Splits:
-    train: Dataset  # with training augmentation
-    val: Dataset  # carved from the training data, eval transforms: what studies optimise
-    test: Dataset  # eval transforms; only reported
-    info: DatasetInfo
-    train_eval: Dataset | None = None  # the train samples with eval transforms (for channel scoring)
-
-
-@dataclass
-class Loaders:
-    train: DataLoader
-    val: DataLoader
-    test: DataLoader
-    info: DatasetInfo
-
-
-# --------------------------------------------------------------------------------------------------- helpers
-
-
-def _one_line(text: object) -> str:
-    return " ".join(str(text).split())
-
-
-def _val_count(n: int, val_fraction: float) -> int:
-    if n < 2:
-        raise DataError(f"cannot carve a val split from {n} training sample(s); need at least 2")
-    return min(max(round(val_fraction * n), 1), n - 1)
-
-
-def _carve_val(n: int, val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
-    """(train, val) positions in ``range(n)``: a seeded random ``val_fraction`` is val; both sorted."""
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
-    n_val = _val_count(n, val_fraction)
-    return sorted(order[n_val:]), sorted(order[:n_val])
-
-
-def _stratified_test_split(labels: Sequence[int], test_fraction: float, seed: int) -> tuple[list[int], list[int]]:
-    """(train, test) positions: ``round(test_fraction * n_c)`` of each class's n_c samples go to test."""
-    labels_t = torch.as_tensor(list(labels))
-    generator = torch.Generator().manual_seed(seed)
-    train: list[int] = []
-    test: list[int] = []
-    for label in torch.unique(labels_t).tolist():  # sorted, so the draw order is fixed
-        members = torch.nonzero(labels_t == label).flatten()
-        members = members[torch.randperm(len(members), generator=generator)].tolist()
-        n_test = round(test_fraction * len(members))
-        test += members[:n_test]
-        train += members[n_test:]
-    return sorted(train), sorted(test)
-
-
-class _Transformed(Dataset):
-    """A view of ``base`` (which returns ``(image, label)`` untransformed) with its own transform.
-
-    One base object serves a train view (augmented) and an eval view over the same files or arrays, so
-    in-memory sets such as CIFAR are held once.
-    """
-
-    def __init__(self, base: Dataset, transform: Callable) -> None:
-        self.base = base
-        self.transform = transform
-
-    def __len__(self) -> int:
-        return len(self.base)  # type: ignore[arg-type]
-
-    def __getitem__(self, index: int):
-        image, label = self.base[index]
-        return self.transform(image), label
-
-
-# ---------------------------------------------------------------------------------------------------- digits
-
-
-class DigitsDataset(Dataset):
-    """In-memory rendered digits: ``images`` (N, 3, 32, 32) float32, ``labels`` (N,) int64.
-
-    ``source_indices`` (N,) are the rows of scikit-learn's ``load_digits()`` the samples came from.
-    ``max_shift > 0`` shifts each item by a random offset in [-max_shift, max_shift] px per axis (torch's global
-    RNG, as torchvision's random transforms), filling with ``fill`` (the normalised blank pixel, per channel).
-    """
-
-    def __init__(
-        self,
-        images: torch.Tensor,
-        labels: torch.Tensor,
-        source_indices: torch.Tensor,
-        *,
-        max_shift: int = 0,
-        fill: Sequence[float] = (0.0, 0.0, 0.0),
-    ) -> None:
-        self.images = images
-        self.labels = labels
-        self.source_indices = source_indices
-        self.max_shift = max_shift
-        if max_shift > 0:
-            n, c, h, w = images.shape
-            s = max_shift
-            fill_t = torch.tensor(fill, dtype=images.dtype).view(1, c, 1, 1)
-            padded = fill_t.expand(n, c, h + 2 * s, w + 2 * s).clone()  # (N, C, H + 2s, W + 2s)
-            padded[:, :, s : s + h, s : s + w] = images
-            self._padded = padded
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.max_shift == 0:
-            return self.images[index], self.labels[index]
-        _, h, w = self.images.shape[1:]
-        dy, dx = torch.randint(0, 2 * self.max_shift + 1, (2,)).tolist()
-        return self._padded[index, :, dy : dy + h, dx : dx + w], self.labels[index]
-
-
-def _read_digits() -> tuple[np.ndarray, np.ndarray]:
-    """scikit-learn's digits: images (1797, 8, 8) in 0..16 and targets (1797,).
-
-    Reads the CSV that ships inside scikit-learn directly (what ``load_digits`` reads): importing
-    ``sklearn.datasets`` costs most of a second, the file a few milliseconds. Falls back to ``load_digits``.
-    """
-    spec = importlib.util.find_spec("sklearn")
-    if spec is None:
-        raise DataError("dataset 'digits' needs scikit-learn, which is not installed: pip install scikit-learn")
-    if spec.submodule_search_locations:
-        path = Path(next(iter(spec.submodule_search_locations))) / "datasets" / "data" / "digits.csv.gz"
-        if path.is_file():
-            data = np.loadtxt(path, delimiter=",")
-            return data[:, :-1].reshape(-1, 8, 8), data[:, -1].astype(np.int64)
-    from sklearn.datasets import load_digits
-
-    bunch = load_digits()
-    return bunch.images, bunch.target.astype(np.int64)
-
-
-@functools.lru_cache(maxsize=1)
-def _rendered_digits() -> tuple[torch.Tensor, torch.Tensor]:
-    """All digits rendered once: images (N, 3, 32, 32) normalised float32, targets (N,) int64 (0..9)."""
-    raw, targets = _read_digits()
-    images = torch.from_numpy(raw).float().div(16.0).unsqueeze(1)  # (N, 1, 8, 8) in 0..1
-    images = F.interpolate(images, size=(32, 32), mode="bilinear", align_corners=False)  # stays in 0..1
-    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
-    images = ((images.expand(-1, 3, -1, -1) - mean) / std).contiguous()  # (N, 3, 32, 32)
-    return images, torch.from_numpy(targets)
-
-
-def _digits_splits(info: DatasetInfo, first_digit: int, *, val_fraction: float, seed: int) -> Splits:
-    images, targets = _rendered_digits()
-    train_part, test = _stratified_test_split(targets.tolist(), TEST_FRACTION, TEST_SPLIT_SEED)
-    digits = range(first_digit, first_digit + info.num_classes)
-
-    def of_task(rows: list[int]) -> torch.Tensor:
-        rows_t = torch.tensor(rows, dtype=torch.int64)
-        return rows_t[torch.isin(targets[rows_t], torch.tensor(list(digits)))]
-
-    train_part_t, test_t = of_task(train_part), of_task(test)
-    train_pos, val_pos = _carve_val(len(train_part_t), val_fraction, seed)
-    blank = tuple(-m / s for m, s in zip(IMAGENET_MEAN, IMAGENET_STD, strict=True))
-
-    def dataset(rows: torch.Tensor, max_shift: int = 0) -> DigitsDataset:
-        return DigitsDataset(images[rows], targets[rows] - first_digit, rows, max_shift=max_shift, fill=blank)
-
-    train_rows = train_part_t[train_pos]
-    return Splits(
-        train=dataset(train_rows, DIGITS_MAX_SHIFT),
-        val=dataset(train_part_t[val_pos]),
-        test=dataset(test_t),
-        info=info,
-        train_eval=dataset(train_rows),
-    )
 
 
 # ----------------------------------------------------------------------------------------------- torchvision
@@ -285,13 +107,13 @@ def _splits_from_bases(
 ) -> Splits:
     """Train/val from ``train_base`` (val seeded, eval transforms), test from ``test_base``."""
     train_transform, eval_transform = transforms
-    train_pos, val_pos = _carve_val(len(train_base), val_fraction, seed)  # type: ignore[arg-type]
-    augmented = _Transformed(train_base, train_transform)
-    plain = _Transformed(train_base, eval_transform)
+    train_pos, val_pos = carve_val(len(train_base), val_fraction, seed)  # type: ignore[arg-type]
+    augmented = Transformed(train_base, train_transform)
+    plain = Transformed(train_base, eval_transform)
     return Splits(
         train=Subset(augmented, train_pos),
         val=Subset(plain, val_pos),
-        test=_Transformed(test_base, eval_transform),
+        test=Transformed(test_base, eval_transform),
         info=info,
         train_eval=Subset(plain, train_pos),
     )
@@ -370,7 +192,7 @@ def _torchvision_splits(
         train_base = source.build(str(root), True, download and source.downloadable)
         test_base = source.build(str(root), False, download and source.downloadable)
     except RuntimeError as error:  # torchvision: "Dataset not found or corrupted ..." or a failed download
-        raise DataError(f"{missing} ({_one_line(error)})") from error
+        raise DataError(f"{missing} ({one_line(error)})") from error
     return _splits_from_bases(info, train_base, test_base, source.transforms(), val_fraction=val_fraction, seed=seed)
 
 
@@ -378,7 +200,7 @@ def _image_folder(path: Path) -> tv_datasets.ImageFolder:
     try:
         return tv_datasets.ImageFolder(str(path))
     except (FileNotFoundError, RuntimeError) as error:
-        raise DataError(f"imagefolder {str(path)!r} has no usable class folders: {_one_line(error)}") from error
+        raise DataError(f"imagefolder {str(path)!r} has no usable class folders: {one_line(error)}") from error
 
 
 def _imagefolder_splits(name: str, *, val_fraction: float, seed: int) -> Splits:
@@ -395,7 +217,7 @@ def _imagefolder_splits(name: str, *, val_fraction: float, seed: int) -> Splits:
         classes = train_base.classes
     else:
         whole = _image_folder(path)
-        train_pos, test_pos = _stratified_test_split(whole.targets, TEST_FRACTION, TEST_SPLIT_SEED)
+        train_pos, test_pos = stratified_test_split(whole.targets, TEST_FRACTION, TEST_SPLIT_SEED)
         train_base, test_base, classes = Subset(whole, train_pos), Subset(whole, test_pos), whole.classes
     if len(classes) < 2:
         raise DataError(f"imagefolder {str(path)!r} has {len(classes)} class folder(s); need at least 2")
@@ -447,7 +269,7 @@ def load_splits(
         raise DataError(f"unknown dataset {name!r}; allowed: {allowed}")
     info = _INFOS[name]
     if name in _DIGITS_FIRST:
-        return _digits_splits(info, _DIGITS_FIRST[name], val_fraction=val_fraction, seed=seed)
+        return digits_splits(info, _DIGITS_FIRST[name], val_fraction=val_fraction, seed=seed)
     return _torchvision_splits(info, data_dir=data_dir, download=download, val_fraction=val_fraction, seed=seed)
 
 
@@ -463,7 +285,7 @@ def make_loaders(
     batch is dropped only when it would hold a single sample, since BatchNorm cannot train on a batch of one.
     val / test: in order, every sample kept.
     """
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+    if not (is_int(batch_size) and batch_size >= 1):
         raise DataError(f"batch_size={batch_size!r} is not allowed; allowed: an integer >= 1")
     common = dict(num_workers=num_workers, pin_memory=pin_memory, persistent_workers=num_workers > 0)
     n_train = len(splits.train)  # type: ignore[arg-type]

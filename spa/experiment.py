@@ -1,38 +1,48 @@
 """One experiment, as every study trial runs it: transfer, then prune step by step with recovery training.
 
 seed -> build -> train ``epochs`` -> report step 0 -> for each pruning step: score -> remove -> evaluate ->
-recover ``recovery_epochs`` (fresh optimizer: the learning rate restarts, as in the reference) -> evaluate val
-and test -> checkpoint -> report.
+recover ``recovery_epochs`` (fresh optimizer: the learning rate restarts, as in the original research code) ->
+evaluate val and test -> checkpoint -> report. docs/METHOD.md describes the protocol.
 
-Every source of randomness is re-derived from (seed, step, epoch) at the start of each phase, so an experiment
-resumed from the checkpoint of step k ends with exactly the metrics of an uninterrupted one.
+Every source of randomness is re-derived from (seed, step, epoch) at the start of each phase
+(``spa.training.phase_seed``), so an experiment resumed from the checkpoint of step k ends with exactly the
+metrics of an uninterrupted one. The engine (optimizer, epochs, evaluation) lives in ``spa.training``.
 """
 
 from __future__ import annotations
 
-import math
-import random
 import tempfile
 import time
-from collections.abc import Callable, Iterable
-from contextlib import ExitStack, nullcontext
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
+from torch.utils.data import DataLoader
 
 from spa import adapters, counting
 from spa.checkpoint import load_checkpoint, resize_to, save_checkpoint
-from spa.config import ConfigError, ExperimentConfig
+from spa.config import PRETRAINED_DIGITS, ExperimentConfig, RuntimeConfig
 from spa.criteria import score_channels
-from spa.data import load_splits, make_loaders, score_loader
+from spa.data import Loaders, load_splits, make_loaders, score_loader
 from spa.metrics import EXTRA_METRIC_NAMES, METRIC_NAMES
 from spa.models import build_resnet
 from spa.pretrain import PretrainConfig, pretrained_backbone
 from spa.pruning import prune_to_density
 from spa.schedules import density_schedule, explicit_schedule
+from spa.training import (
+    NonFiniteLossError,
+    build_optimizer,
+    build_scheduler,
+    evaluate,
+    phase_seed,
+    resolve_device,
+    seed_everything,
+    train_one_epoch,
+)
 
 __all__ = [
     "NonFiniteLossError",
@@ -41,6 +51,7 @@ __all__ = [
     "EXTRA_METRIC_NAMES",
     "run_experiment",
     "pruning_densities",
+    # The engine's names, re-exported for callers that import them from here.
     "resolve_device",
     "seed_everything",
     "train_one_epoch",
@@ -54,139 +65,26 @@ __all__ = [
 Report = Callable[[dict[str, float], "str | None"], None]
 
 
-class NonFiniteLossError(FloatingPointError):
-    """Training diverged: the loss became NaN or infinite. Raised instead of reporting garbage."""
+@dataclass(frozen=True)
+class _Setting:
+    """What every phase of one experiment reads; the model and the history are what changes."""
 
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def _phase_seed(seed: int, step: int, epoch: int) -> int:
-    # Distinct, reproducible stream per (run seed, pruning step, epoch).
-    return (seed * 1_000_003 + step * 10_007 + epoch) % 2**63
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise ConfigError(f"device={name!r} asked for a CUDA GPU but none is available; allowed here: auto, cpu")
-        index = torch.device(name).index or 0
-        if index >= torch.cuda.device_count():
-            raise ConfigError(f"device={name!r} does not exist; this machine has {torch.cuda.device_count()} GPU(s)")
-    return torch.device(name)
-
-
-def build_optimizer(
-    model: nn.Module, name: str, *, lr: float, momentum: float, weight_decay: float
-) -> torch.optim.Optimizer:
-    learned = [p for p in model.parameters() if p.requires_grad]
-    if name == "sgd":
-        return torch.optim.SGD(learned, lr=lr, momentum=momentum, weight_decay=weight_decay)
-    if name == "adamw":
-        return torch.optim.AdamW(learned, lr=lr, weight_decay=weight_decay)
-    raise ConfigError(f"optimizer={name!r} is not allowed; allowed: sgd, adamw")
-
-
-def build_scheduler(optimizer: torch.optim.Optimizer, name: str, epochs: int) -> torch.optim.lr_scheduler.LRScheduler:
-    if name == "step":  # the reference: StepLR(step=max(1, epochs // 4), gamma=0.2)
-        return torch.optim.lr_scheduler.StepLR(optimizer, step_size=max(1, epochs // 4), gamma=0.2)
-    if name == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, epochs))
-    if name == "constant":
-        return torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
-    raise ConfigError(f"lr_schedule={name!r} is not allowed; allowed: step, cosine, constant")
-
-
-def _autocast(device: torch.device, bf16: bool):
-    if bf16 and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return nullcontext()
-
-
-def _to_device(images: torch.Tensor, labels: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    images = images.to(device, non_blocking=True)
-    if device.type == "cuda":
-        images = images.contiguous(memory_format=torch.channels_last)
-    return images, labels.to(device, non_blocking=True)
-
-
-def _reseed(loader: Iterable[Any], seed: int) -> None:
-    """Fix the global stream (augmentation) and the loader's shuffling stream for one phase."""
-    torch.manual_seed(seed)
-    generator = getattr(loader, "generator", None)
-    if generator is not None:
-        generator.manual_seed(seed)
-
-
-def train_one_epoch(
-    model: nn.Module,
-    loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
-    optimizer: torch.optim.Optimizer,
-    device: torch.device,
-    *,
-    seed: int,
-    bf16: bool = False,
-) -> float:
-    """One pass over ``loader``; returns the mean training loss. Raises ``NonFiniteLossError`` on divergence."""
-    _reseed(loader, seed)
-    model.train()
-    loss_fn = nn.CrossEntropyLoss()
-    total, count = 0.0, 0
-    for batch_index, (images, labels) in enumerate(loader):
-        images, labels = _to_device(images, labels, device)
-        with _autocast(device, bf16):
-            loss = loss_fn(model(images), labels)
-        value = loss.item()
-        if not math.isfinite(value):
-            raise NonFiniteLossError(f"training loss became {value} at batch {batch_index}; lower the learning rate")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        total += value * labels.numel()
-        count += labels.numel()
-    return total / max(count, 1)
-
-
-def evaluate(model: nn.Module, loader: Iterable[tuple[torch.Tensor, torch.Tensor]], device: torch.device) -> float:
-    """Top-1 accuracy over every sample of ``loader``."""
-    model.eval()
-    correct, count = 0, 0
-    with torch.inference_mode():
-        for images, labels in loader:
-            images, labels = _to_device(images, labels, device)
-            correct += (model(images).argmax(1) == labels).sum().item()
-            count += labels.numel()
-    return correct / max(count, 1)
+    config: ExperimentConfig
+    device: torch.device
+    loaders: Loaders
+    scoring_loader: DataLoader
+    reference_channels: int  # conv output channels of the unpruned network: density's denominator
+    checkpoints: Path
+    report: Report | None
+    log: Callable[[str], None]
 
 
 def pruning_densities(config: ExperimentConfig) -> list[float]:
+    """The density after each pruning step: the explicit ``densities`` or the shaped schedule."""
     prune = config.prune
     if prune.densities is not None:
         return explicit_schedule(prune.densities)
     return density_schedule(prune.final_density, prune.steps, prune.shape)
-
-
-def _weights_path(config: ExperimentConfig) -> str:
-    weights = config.model.weights
-    if weights != "pretrained-digits":
-        return weights
-    pretrain = PretrainConfig(arch=config.model.arch)
-    return str(pretrained_backbone(pretrain, config.runtime.cache_dir, threads=config.runtime.threads))
-
-
-def _build_model(config: ExperimentConfig, num_classes: int, cifar_stem: bool) -> nn.Module:
-    model = build_resnet(config.model.arch, num_classes, cifar_stem=cifar_stem, weights=_weights_path(config))
-    learner = config.learner
-    if learner.learner == "splora":
-        adapters.add_splora(model, learner.rank, learner.init_range)
-    else:
-        adapters.mark_trainable(model, "finetune")
-    return model
 
 
 def run_experiment(
@@ -204,39 +102,93 @@ def run_experiment(
     that is removed when the experiment ends: copy what you need during the callback (``tune.report`` does).
     ``resume_from`` is such a directory: the experiment continues with the next step and repeats no work.
     """
-    log = log or (lambda message: None)
-    runtime = config.runtime
-    device = resolve_device(runtime.device)
+    device = resolve_device(config.runtime.device)
     densities = pruning_densities(config)
+    _prepare_runtime(config.runtime)
+    loaders, scoring_loader = _load_data(config, device)
+    start_step, history, state = _resume_point(resume_from)
+    info = loaders.info
+    model = _build_model(config, info.num_classes, info.cifar_stem)
+    reference_channels = counting.conv_channels(model)
+    _restore(model, state, device)
+
+    with _checkpoint_directory(checkpoint_root) as checkpoints:
+        setting = _Setting(
+            config=config,
+            device=device,
+            loaders=loaders,
+            scoring_loader=scoring_loader,
+            reference_channels=reference_channels,
+            checkpoints=checkpoints,
+            report=report,
+            log=log or _silent,
+        )
+        if start_step == 0:
+            loss = _train(setting, model, step=0, epochs=config.optim.epochs)
+            _finish_step(setting, model, history, step=0, density=1.0, loss=loss, pruned_accuracy=None)
+        for step in range(max(start_step, 1), len(densities) + 1):
+            density = densities[step - 1]
+            pruned_accuracy = _prune(setting, model, density)
+            loss = _train(setting, model, step=step, epochs=config.optim.recovery_epochs)
+            _finish_step(
+                setting, model, history, step=step, density=density, loss=loss, pruned_accuracy=pruned_accuracy
+            )
+    return history
+
+
+def _silent(message: str) -> None:
+    pass
+
+
+def _prepare_runtime(runtime: RuntimeConfig) -> None:
     if runtime.threads is not None:
         torch.set_num_threads(runtime.threads)
     if runtime.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
-    seed_everything(runtime.seed)  # before anything random is created (the reference seeded after the model)
+    # Before anything random is created (the original research code seeded after building the model).
+    seed_everything(runtime.seed)
 
-    data = config.data
+
+def _load_data(config: ExperimentConfig, device: torch.device) -> tuple[Loaders, DataLoader]:
+    data, seed = config.data, config.runtime.seed
     splits = load_splits(
-        data.dataset, data_dir=data.data_dir, download=data.download, val_fraction=data.val_fraction, seed=runtime.seed
+        data.dataset, data_dir=data.data_dir, download=data.download, val_fraction=data.val_fraction, seed=seed
     )
     loaders = make_loaders(
-        splits,
-        batch_size=data.batch_size,
-        num_workers=data.num_workers,
-        seed=runtime.seed,
-        pin_memory=device.type == "cuda",
+        splits, batch_size=data.batch_size, num_workers=data.num_workers, seed=seed, pin_memory=device.type == "cuda"
     )
     # Channels are ranked on the training samples with eval transforms, in order: no augmentation noise.
-    scoring_loader = score_loader(splits, batch_size=data.batch_size, num_workers=data.num_workers)
-    info = splits.info
-    example_input = torch.zeros(1, *info.input_size)
+    return loaders, score_loader(splits, batch_size=data.batch_size, num_workers=data.num_workers)
 
-    start_step, history, state = 0, [], None
-    if resume_from is not None:
-        state = load_checkpoint(resume_from)
-        start_step, history = int(state["step"]) + 1, list(state["history"])
 
-    model = _build_model(config, info.num_classes, info.cifar_stem)
-    reference_channels = counting.conv_channels(model)
+def _resume_point(resume_from: str | Path | None) -> tuple[int, list[dict[str, float]], dict[str, Any] | None]:
+    """(first step to run, the history so far, the checkpoint) -- from scratch: (0, [], None)."""
+    if resume_from is None:
+        return 0, [], None
+    state = load_checkpoint(resume_from)
+    return int(state["step"]) + 1, list(state["history"]), state
+
+
+def _weights_path(config: ExperimentConfig) -> str:
+    weights = config.model.weights
+    if weights != PRETRAINED_DIGITS:
+        return weights
+    pretrain = PretrainConfig(arch=config.model.arch)
+    return str(pretrained_backbone(pretrain, config.runtime.cache_dir, threads=config.runtime.threads))
+
+
+def _build_model(config: ExperimentConfig, num_classes: int, cifar_stem: bool) -> nn.Module:
+    model = build_resnet(config.model.arch, num_classes, cifar_stem=cifar_stem, weights=_weights_path(config))
+    learner = config.learner
+    if learner.learner == "splora":
+        adapters.add_splora(model, learner.rank, learner.init_range)
+    else:
+        adapters.mark_trainable(model, "finetune")
+    return model
+
+
+def _restore(model: nn.Module, state: dict[str, Any] | None, device: torch.device) -> None:
+    """Load a checkpoint's (pruned) weights, if resuming, and move the model to ``device``."""
     if state is not None:
         resize_to(model, state["model"])
         model.load_state_dict(state["model"])
@@ -244,105 +196,105 @@ def run_experiment(
     if device.type == "cuda":
         model.to(memory_format=torch.channels_last)
 
-    with ExitStack() as cleanup:
-        if checkpoint_root is None:
-            root = Path(cleanup.enter_context(tempfile.TemporaryDirectory(prefix="spa-ckpt-")))
-        else:
-            root = Path(checkpoint_root)
-        epochs_done = int(history[-1]["epoch"]) if history else 0
 
-        def train_phase(step: int, epochs: int) -> float:
-            nonlocal epochs_done
-            optim = config.optim
-            optimizer = build_optimizer(
-                model, optim.optimizer, lr=optim.lr, momentum=optim.momentum, weight_decay=optim.weight_decay
-            )
-            scheduler = build_scheduler(optimizer, optim.lr_schedule, epochs)
-            loss = float("nan")
-            for epoch in range(epochs):
-                started = time.perf_counter()
-                loss = train_one_epoch(
-                    model,
-                    loaders.train,
-                    optimizer,
-                    device,
-                    seed=_phase_seed(runtime.seed, step, epoch),
-                    bf16=runtime.bf16,
-                )
-                scheduler.step()
-                epochs_done += 1
-                log(f"step {step} epoch {epoch + 1}/{epochs}: loss {loss:.4f} ({time.perf_counter() - started:.1f}s)")
-            return loss
-
-        def finish_step(step: int, density: float, loss: float, pruned_accuracy: float | None) -> dict[str, float]:
-            val_accuracy = evaluate(model, loaders.val, device)
-            counts = {
-                "learned_params": counting.learned_parameters(model),
-                "params": counting.total_parameters(model),
-                "flops": counting.flops(model, info.input_size),
-            }
-            metrics = {
-                "step": step,
-                "density": counting.conv_channels(model) / reference_channels,
-                "target_density": density,
-                "val_accuracy": val_accuracy,
-                "test_accuracy": evaluate(model, loaders.test, device),
-                **counts,
-                "epoch": epochs_done,
-                "train_loss": loss,
-                # Before recovery training; at step 0 nothing was pruned, so it is the trained accuracy itself.
-                "val_accuracy_pruned": val_accuracy if pruned_accuracy is None else pruned_accuracy,
-            }
-            history.append(metrics)
-            directory = root / f"step_{step:03d}"
-            save_checkpoint(directory, model, {"step": step, "history": history, "config": config.to_flat()})
-            log(
-                f"step {step}: density {metrics['density']:.3f} val {metrics['val_accuracy']:.4f} "
-                f"test {metrics['test_accuracy']:.4f} learned {metrics['learned_params']:,}"
-            )
-            if report is not None:
-                report(dict(metrics), str(directory))
-            return metrics
-
-        if start_step == 0:
-            loss = train_phase(0, config.optim.epochs)
-            finish_step(0, 1.0, loss, None)
-            start_step = 1
-
-        for step in range(start_step, len(densities) + 1):
-            density = densities[step - 1]
-            scores = score_channels(
-                model,
-                scoring_loader,
-                config.prune.criterion,
-                norm=config.prune.norm,
-                device=device,
-                max_batches=config.prune.max_score_batches,
-            )
-            model.to("cpu")  # the dependency graph is traced on the CPU
-            prune_to_density(model, scores, density, reference_channels, example_input)
-            model.to(device)
-            pruned_accuracy = evaluate(model, loaders.val, device)
-            loss = train_phase(step, config.optim.recovery_epochs)
-            finish_step(step, density, loss, pruned_accuracy)
-        return history
+@contextmanager
+def _checkpoint_directory(checkpoint_root: str | Path | None) -> Iterator[Path]:
+    if checkpoint_root is not None:
+        yield Path(checkpoint_root)
+        return
+    with tempfile.TemporaryDirectory(prefix="spa-ckpt-") as temporary:
+        yield Path(temporary)
 
 
-def metrics_table(rows: list[dict[str, Any]], columns: Iterable[str] = METRIC_NAMES) -> str:
-    """A fixed-width text table, one row per step."""
-    columns = list(columns)
-    cells = [[_format(row.get(c)) for c in columns] for row in rows]
-    widths = [max(len(c), *(len(r[i]) for r in cells)) if cells else len(c) for i, c in enumerate(columns)]
-    lines = ["  ".join(c.rjust(w) for c, w in zip(columns, widths, strict=True))]
-    lines += ["  ".join(v.rjust(w) for v, w in zip(r, widths, strict=True)) for r in cells]
-    return "\n".join(lines)
+def _train(setting: _Setting, model: nn.Module, *, step: int, epochs: int) -> float:
+    """Train ``epochs`` epochs with a fresh optimizer and LR schedule; returns the last epoch's mean loss."""
+    optim, runtime = setting.config.optim, setting.config.runtime
+    optimizer = build_optimizer(
+        model, optim.optimizer, lr=optim.lr, momentum=optim.momentum, weight_decay=optim.weight_decay
+    )
+    scheduler = build_scheduler(optimizer, optim.lr_schedule, epochs)
+    loss = float("nan")
+    for epoch in range(epochs):
+        started = time.perf_counter()
+        seed = phase_seed(runtime.seed, step, epoch)
+        loss = train_one_epoch(model, setting.loaders.train, optimizer, setting.device, seed=seed, bf16=runtime.bf16)
+        scheduler.step()
+        setting.log(f"step {step} epoch {epoch + 1}/{epochs}: loss {loss:.4f} ({time.perf_counter() - started:.1f}s)")
+    return loss
 
 
-def _format(value: Any) -> str:
-    if isinstance(value, float):
-        if math.isnan(value):
-            return "-"
-        return f"{value:.4f}" if abs(value) < 10 else f"{value:,.0f}"
-    if isinstance(value, int):
-        return f"{value:,}"
-    return "" if value is None else str(value)
+def _prune(setting: _Setting, model: nn.Module, density: float) -> float:
+    """Score the channels, remove the weakest down to ``density``; returns the val accuracy right after."""
+    prune, device = setting.config.prune, setting.device
+    scores = score_channels(
+        model,
+        setting.scoring_loader,
+        prune.criterion,
+        norm=prune.norm,
+        device=device,
+        max_batches=prune.max_score_batches,
+    )
+    model.to("cpu")  # the dependency graph is traced on the CPU
+    example_input = torch.zeros(1, *setting.loaders.info.input_size)
+    prune_to_density(model, scores, density, setting.reference_channels, example_input)
+    model.to(device)
+    return evaluate(model, setting.loaders.val, device)
+
+
+def _finish_step(
+    setting: _Setting,
+    model: nn.Module,
+    history: list[dict[str, float]],
+    *,
+    step: int,
+    density: float,
+    loss: float,
+    pruned_accuracy: float | None,
+) -> None:
+    """Measure the step, append it to ``history``, checkpoint it and report it."""
+    trained = setting.config.optim.epochs if step == 0 else setting.config.optim.recovery_epochs
+    epoch = (int(history[-1]["epoch"]) if history else 0) + trained
+    metrics = _measure(
+        setting, model, step=step, density=density, loss=loss, epoch=epoch, pruned_accuracy=pruned_accuracy
+    )
+    history.append(metrics)
+    directory = setting.checkpoints / f"step_{step:03d}"
+    save_checkpoint(directory, model, {"step": step, "history": history, "config": setting.config.to_flat()})
+    setting.log(
+        f"step {step}: density {metrics['density']:.3f} val {metrics['val_accuracy']:.4f} "
+        f"test {metrics['test_accuracy']:.4f} learned {metrics['learned_params']:,}"
+    )
+    if setting.report is not None:
+        setting.report(dict(metrics), str(directory))
+
+
+def _measure(
+    setting: _Setting,
+    model: nn.Module,
+    *,
+    step: int,
+    density: float,
+    loss: float,
+    epoch: int,
+    pruned_accuracy: float | None,
+) -> dict[str, float]:
+    """One row of ``METRIC_NAMES`` + ``EXTRA_METRIC_NAMES`` for the model as it is now."""
+    loaders, device = setting.loaders, setting.device
+    val_accuracy = evaluate(model, loaders.val, device)
+    counts = {
+        "learned_params": counting.learned_parameters(model),
+        "params": counting.total_parameters(model),
+        "flops": counting.flops(model, loaders.info.input_size),
+    }
+    return {
+        "step": step,
+        "density": counting.conv_channels(model) / setting.reference_channels,
+        "target_density": density,
+        "val_accuracy": val_accuracy,
+        "test_accuracy": evaluate(model, loaders.test, device),
+        **counts,
+        "epoch": epoch,
+        "train_loss": loss,
+        # Before recovery training; at step 0 nothing was pruned, so it is the trained accuracy itself.
+        "val_accuracy_pruned": val_accuracy if pruned_accuracy is None else pruned_accuracy,
+    }

@@ -9,6 +9,8 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision import models as tv_models
 
+from spa.validation import is_int
+
 __all__ = ["ARCHITECTURES", "build_resnet", "load_backbone_state", "WeightsError"]
 
 # name -> (builder, ImageNet weights enum)
@@ -38,7 +40,7 @@ def build_resnet(
     """
     if arch not in ARCHITECTURES:
         raise ValueError(f"unknown arch {arch!r}; allowed: {', '.join(ARCHITECTURES)}")
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
+    if not (is_int(num_classes) and num_classes >= 2):
         raise ValueError(f"num_classes must be an integer >= 2, got {num_classes!r}")
     builder, imagenet = ARCHITECTURES[arch]
     state: dict[str, torch.Tensor] | None = None

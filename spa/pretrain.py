@@ -16,6 +16,11 @@ from pathlib import Path
 
 import torch
 
+from spa.data import load_splits, make_loaders
+from spa.files import write_atomically
+from spa.models import build_resnet
+from spa.training import build_optimizer, build_scheduler, phase_seed, seed_everything, train_one_epoch
+
 __all__ = ["PretrainConfig", "default_cache_dir", "pretrained_backbone"]
 
 SOURCE_DATASET = "digits-source"
@@ -54,18 +59,11 @@ def pretrained_backbone(
         fcntl.flock(lock, fcntl.LOCK_EX)  # another trial may be training it right now: wait for it
         if not path.is_file():
             state = _train_source(config, threads)
-            partial = path.with_suffix(".partial")
-            torch.save(state, partial)
-            os.replace(partial, path)
+            write_atomically(path, lambda temporary: torch.save(state, temporary))
     return path
 
 
 def _train_source(config: PretrainConfig, threads: int | None) -> dict[str, torch.Tensor]:
-    # Imported here: the experiment module imports this one, and the source task reuses its training loop.
-    from spa.data import load_splits, make_loaders
-    from spa.experiment import build_optimizer, build_scheduler, seed_everything, train_one_epoch
-    from spa.models import build_resnet
-
     if threads is not None:
         torch.set_num_threads(threads)
     seed_everything(config.seed)
@@ -76,6 +74,6 @@ def _train_source(config: PretrainConfig, threads: int | None) -> dict[str, torc
     scheduler = build_scheduler(optimizer, "cosine", config.epochs)
     device = torch.device("cpu")
     for epoch in range(config.epochs):
-        train_one_epoch(model, loaders.train, optimizer, device, seed=config.seed * 1_000_003 + epoch)
+        train_one_epoch(model, loaders.train, optimizer, device, seed=phase_seed(config.seed, 0, epoch))
         scheduler.step()
     return {k: v.detach().cpu() for k, v in model.state_dict().items()}

@@ -1,9 +1,10 @@
 """Physical, dependency-aware channel pruning: a pruned channel is gone, not masked.
 
-The reference zeroes weights once and never again, so fine-tuning regrows them and SPLoRA's adapter rows keep the
-"pruned" channels alive; and it prunes one branch of a residual sum only. Here every pruned output channel is
-removed from the tensors of every layer that touches it (conv, BatchNorm, adapter factors, the next layers' inputs,
-the head), so no training step can bring it back, and channels tied by residual additions go together.
+The original research code (docs/METHOD.md) zeroes weights once and never again, so fine-tuning regrows them and
+SPLoRA's adapter rows keep the "pruned" channels alive; and it prunes one branch of a residual sum only. Here every
+pruned output channel is removed from the tensors of every layer that touches it (conv, BatchNorm, adapter
+factors, the next layers' inputs, the head), so no training step can bring it back, and channels tied by residual
+additions go together.
 
 Torch-Pruning's ``DependencyGraph`` finds those ties by tracing autograd. An adapted conv needs no custom pruner:
 ``SPLoRAConv2d.forward`` is ``base(x) + lora_b(lora_a(x))``, so the trace already shows the add that ties the
@@ -15,7 +16,6 @@ checked to leave the rank, the image channels and the head's outputs alone.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -24,8 +24,9 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from spa.adapters import SPLoRAConv2d, adapter_layers
-from spa.counting import conv_channels, network_convs
+from spa.adapters import adapter_layers, network_convs, producing_conv
+from spa.counting import conv_channels
+from spa.validation import is_finite_number, is_int
 
 __all__ = [
     "Scores",
@@ -58,20 +59,11 @@ class ChannelGroup:
 
 
 def network_conv_names(model: nn.Module) -> dict[str, nn.Conv2d]:
-    """Name -> the conv producing that layer's output channels, for every conv of ``spa.counting.network_convs``.
+    """Name -> the conv producing that layer's output channels, for every conv of ``spa.adapters.network_convs``.
 
     An adapted conv is named by its wrapper and maps to the wrapper's frozen ``base_layer``.
     """
-    internal = {
-        id(c) for m in model.modules() if isinstance(m, SPLoRAConv2d) for c in (m.base_layer, m.lora_a, m.lora_b)
-    }
-    names: dict[str, nn.Conv2d] = {}
-    for name, module in model.named_modules():
-        if isinstance(module, SPLoRAConv2d):
-            names[name] = module.base_layer
-        elif isinstance(module, nn.Conv2d) and id(module) not in internal:
-            names[name] = module
-    return names
+    return {name: producing_conv(layer) for name, layer in network_convs(model).items()}
 
 
 def channel_groups(model: nn.Module, example_input: torch.Tensor) -> list[ChannelGroup]:
@@ -86,9 +78,9 @@ def prune_to_density(
 ) -> int:
     """``prune_to_channels`` with target ``round(density * reference_channels)``; ``reference_channels`` is the
     unpruned network's ``spa.counting.conv_channels``. Returns the number of conv output channels removed."""
-    if not (_is_finite_number(density) and 0 < density <= 1):
+    if not (is_finite_number(density) and 0 < density <= 1):
         raise ValueError(f"density={density!r} is not allowed; allowed: a number in (0, 1]")
-    if isinstance(reference_channels, bool) or not isinstance(reference_channels, int) or reference_channels < 1:
+    if not (is_int(reference_channels) and reference_channels >= 1):
         raise ValueError(f"reference_channels={reference_channels!r} is not allowed; allowed: an integer >= 1")
     return prune_to_channels(model, scores, round(density * reference_channels), example_input)
 
@@ -107,7 +99,7 @@ def prune_to_channels(model: nn.Module, scores: Scores, target_channels: int, ex
     pruned tensors are new ``nn.Parameter`` objects, so an optimizer built before this call is stale).
     Returns the number of conv output channels removed (0 if the model is already at or below the target).
     """
-    if isinstance(target_channels, bool) or not isinstance(target_channels, int):
+    if not is_int(target_channels):
         raise ValueError(f"target_channels={target_channels!r} is not allowed; allowed: an integer")
     convs = network_conv_names(model)
     _check_scores(scores, convs)
@@ -216,10 +208,6 @@ def _dependency_graph(model: nn.Module, example_input: torch.Tensor) -> tp.Depen
 def _coupled_groups(model: nn.Module, graph: tp.DependencyGraph) -> list[tuple[ChannelGroup, nn.Conv2d]]:
     """Each coupled group with the conv to root its pruning at; checks what each group would touch."""
     convs = network_conv_names(model)
-    if len(convs) != len(network_convs(model)):
-        raise RuntimeError(
-            f"found {len(convs)} named network convs but spa.counting counts {len(network_convs(model))}"
-        )
     name_of = {id(conv): name for name, conv in convs.items()}
     position = {name: i for i, name in enumerate(convs)}
     ranks = {id(m.lora_a): name for name, m in adapter_layers(model)}
@@ -251,7 +239,3 @@ def _coupled_groups(model: nn.Module, graph: tp.DependencyGraph) -> list[tuple[C
         grouped.update(ordered)
         groups.append((ChannelGroup(members=ordered, size=conv.out_channels), conv))
     return groups
-
-
-def _is_finite_number(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)

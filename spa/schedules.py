@@ -1,23 +1,21 @@
 """Density schedules for iterative pruning: the density the network is pruned to after each step.
 
 A schedule is a plain list of floats, strictly decreasing, each in (0, 1]; the experiment prunes to each in turn
-(with recovery training between steps), so the last entry is the final density. The reference removes a fixed 5%
-of the channels per step (``density_schedule(0.05, 19, "linear")``); a geometric schedule removes a fixed
-*fraction of what is left* instead, which is gentler at low densities where each channel matters more.
+(with recovery training between steps), so the last entry is the final density. The original research code
+removes a fixed 5% of the channels per step (``density_schedule(0.05, 19, "linear")``, see docs/METHOD.md); a
+geometric schedule removes a fixed *fraction of what is left* instead, which is gentler at low densities where
+each channel matters more. Refusals are ``ConfigError`` (a ``ValueError``) naming the field and what is allowed.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
+
+from spa.validation import ConfigError, is_finite_number, is_int
 
 __all__ = ["SHAPES", "density_schedule", "explicit_schedule"]
 
 SHAPES = ("linear", "geometric")
-
-
-def _is_number(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def density_schedule(final_density: float, steps: int, shape: str = "geometric") -> list[float]:
@@ -27,16 +25,21 @@ def density_schedule(final_density: float, steps: int, shape: str = "geometric")
     ``"geometric"``: ``f ** (k / steps)`` (equal fractions of the remaining channels per step), k = 1..steps.
     ``steps=0`` gives ``[]`` (no pruning).
     """
-    if not (_is_number(final_density) and 0 < final_density <= 1):
-        raise ValueError(f"final_density={final_density!r} is not allowed; allowed: a number in (0, 1]")
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
-        raise ValueError(f"steps={steps!r} is not allowed; allowed: an integer >= 0")
+    if not (is_finite_number(final_density) and 0 < final_density <= 1):
+        raise ConfigError.not_allowed("final_density", final_density, "a number in (0, 1]")
+    if not (is_int(steps) and steps >= 0):
+        raise ConfigError.not_allowed("steps", steps, "an integer >= 0")
     if shape not in SHAPES:
-        raise ValueError(f"shape={shape!r} is not allowed; allowed: {', '.join(SHAPES)}")
+        raise ConfigError.not_allowed("shape", shape, ", ".join(SHAPES))
     if steps == 0:
         return []
     if final_density == 1:
-        raise ValueError(f"final_density=1 with steps={steps} prunes nothing; allowed: final_density < 1, or steps=0")
+        allowed = "final_density < 1, or steps=0"
+        raise ConfigError(
+            f"final_density=1 with steps={steps} prunes nothing; allowed: {allowed}",
+            field="final_density",
+            allowed=allowed,
+        )
     if shape == "linear":
         densities = [1 - (1 - final_density) * k / steps for k in range(1, steps)]
     else:
@@ -48,9 +51,13 @@ def density_schedule(final_density: float, steps: int, shape: str = "geometric")
 def explicit_schedule(densities: Sequence[float]) -> list[float]:
     """A hand-written schedule, validated: each density in (0, 1], strictly decreasing."""
     values = list(densities)
-    bad = [d for d in values if not (_is_number(d) and 0 < d <= 1)]
+    bad = [d for d in values if not (is_finite_number(d) and 0 < d <= 1)]
     if bad:
-        raise ValueError(f"densities={values!r} hold {bad!r}; allowed: numbers in (0, 1]")
+        allowed = "numbers in (0, 1]"
+        raise ConfigError(f"densities={values!r} hold {bad!r}; allowed: {allowed}", field="densities", allowed=allowed)
     if any(a <= b for a, b in zip(values, values[1:], strict=False)):
-        raise ValueError(f"densities={values!r} are not allowed; allowed: a strictly decreasing sequence")
+        allowed = "a strictly decreasing sequence"
+        raise ConfigError(
+            f"densities={values!r} are not allowed; allowed: {allowed}", field="densities", allowed=allowed
+        )
     return [float(d) for d in values]

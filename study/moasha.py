@@ -40,7 +40,8 @@ import numpy as np
 from ray.tune.experiment import Trial
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
-from study.pareto import MODES, pareto_mask
+from study.names import MODES
+from study.pareto import pareto_mask
 
 __all__ = ["MOASHAScheduler", "rung_order", "rung_milestones", "nondominated_fronts", "crowding_distances", "survives"]
 

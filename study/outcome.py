@@ -12,21 +12,16 @@ Plain data in, plain data out: no Ray, Optuna or MLflow here.
 
 from __future__ import annotations
 
-import math
-import numbers
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["COMPLETE", "PRUNED", "FAILED", "FINAL_STEP", "STUDY_KEYS", "TRIAL_NUMBER", "Outcome", "judge", "one_line"]
+from spa.validation import is_finite_number
+from study.names import FINAL_STEP
+
+__all__ = ["COMPLETE", "PRUNED", "FAILED", "Outcome", "judge", "one_line"]
 
 COMPLETE, PRUNED, FAILED = "complete", "pruned", "failed"
-
-# Reported by the trainable with every step: the index of the trial's last pruning step.
-FINAL_STEP = "final_step"
-# Added to every trial's config by the driver (the Optuna trial number); not an experiment setting.
-TRIAL_NUMBER = "trial_number"
-STUDY_KEYS = (TRIAL_NUMBER,)
 
 
 @dataclass(frozen=True)
@@ -56,15 +51,11 @@ def judge(result: Mapping[str, Any] | None, metrics: Sequence[str], *, error: bo
     values = []
     for metric in metrics:
         value = result.get(metric)
-        if not _is_finite(value):
+        if not is_finite_number(value):
             return Outcome(FAILED, reason=f"objective {metric} is {value!r} at the final step {step}", step=step)
         values.append(float(value))
     return Outcome(COMPLETE, values=tuple(values), step=step)
 
 
-def _is_finite(value: Any) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
-
-
 def _integer(value: Any) -> int | None:
-    return int(value) if _is_finite(value) else None
+    return int(value) if is_finite_number(value) else None

@@ -3,32 +3,33 @@
 ``pareto_mask`` is the whole algorithm, over a list of objective vectors, as Optuna's
 ``_get_pareto_front_trials_by_trials``; ``front_frame`` is its one-line adapter for a DataFrame of points. The
 writers draw a front (plotly HTML that works offline, matplotlib PNG) and write CSV; every file is written
-atomically, so a reader never sees half a file.
+atomically (``spa.files.write_atomically``), so a reader never sees half a file.
 """
 
 from __future__ import annotations
 
 import math
 import os
-import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from spa.files import write_atomically
+from study.names import MODES
+
 __all__ = [
-    "MODES",
     "pareto_mask",
     "front_frame",
     "front_line",
-    "write_atomically",
     "write_front_csv",
     "write_front_html",
     "write_front_png",
+    "front_text",
 ]
 
-MODES = ("max", "min")
 # Columns shown for each point when present (besides the plotted metrics), in this order.
 _IDENTITY_COLUMNS = ("run_name", "trial_id", "step", "learner", "criterion", "rank")
 _BLOCK = 512
@@ -123,21 +124,6 @@ def front_line(front: pd.DataFrame, x: str, y: str, x_mode: str) -> tuple[list[f
         raise ValueError(f"x_mode={x_mode!r} is not allowed; allowed: {', '.join(MODES)}")
     ordered = front.sort_values(x, ascending=x_mode == "min", kind="mergesort")
     return ordered[x].astype(float).tolist(), ordered[y].astype(float).tolist()
-
-
-def write_atomically(path: str | os.PathLike[str], write: Callable[[Path], None]) -> Path:
-    """``write(temporary_path)`` beside ``path``, then rename it over ``path`` (atomic on one file system)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(handle)
-    try:
-        write(Path(temporary))
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def write_front_csv(front: pd.DataFrame, path: str | os.PathLike[str]) -> Path:
@@ -265,3 +251,29 @@ def write_front_png(
     axes.legend(fontsize="small")
     figure.tight_layout()
     return write_atomically(path, lambda temporary: figure.savefig(temporary, format="png"))
+
+
+def _cell(value: Any, column: str) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NA:
+        return "-"
+    if column in ("learned_params", "params", "flops"):
+        return f"{float(value):,.0f}"
+    if isinstance(value, (float, np.floating)):
+        return f"{value:.4f}" if abs(value) < 10 else f"{value:,.1f}"
+    return str(value)
+
+
+def front_text(front: pd.DataFrame, points: pd.DataFrame, metrics: Sequence[str]) -> str:
+    """The front as a fixed-width table; settings columns shown only where the trials' settings differ."""
+    identity = ["run_name", "trial_id", "step", "learner", "criterion", "rank"]
+    varying = [
+        column
+        for column in points.columns
+        if column.startswith("config/")
+        and column.removeprefix("config/") not in identity
+        and points[column].astype(str).nunique(dropna=False) > 1
+    ]
+    shown_metrics = list(dict.fromkeys([*metrics, "density", "test_accuracy", "learned_params", "flops"]))
+    columns = [*identity, *shown_metrics, *varying]
+    cells = pd.DataFrame({c.removeprefix("config/"): [_cell(v, c) for v in front[c]] for c in columns})
+    return cells.to_string(index=False)

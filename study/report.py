@@ -5,8 +5,7 @@ and (b) a table shaped like the paper's Table 1: criterion x learner ("FP" or "S
 test accuracy (mean±std, percent), learned parameters (thousands), FLOPs (millions) and the number of points.
 Every pruning step of every trial counts in (b), bucketed by the density it measured.
 
-The trials are the experiment's child runs (tag ``mlflow.parentRunId``) that FINISHED; their params hold the
-trial's settings (``learner``, ``criterion``, ``rank``, ...) and their metric histories one value per pruning step.
+The trials are the experiment's child runs that FINISHED, read back by ``study.records``.
 """
 
 from __future__ import annotations
@@ -15,51 +14,21 @@ import argparse
 import math
 import os
 import sys
-from collections.abc import Collection, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from spa.config import CRITERIA_NAMES
-from study.pareto import front_frame, write_atomically, write_front_html, write_front_png
-from study.spaces import OBJECTIVE_METRICS
+from spa.files import write_atomically
+from study.names import DEFAULT_OBJECTIVES, DEFAULT_TRACKING_URI, FINAL_STEP, MODES
+from study.pareto import front_frame, front_text, write_front_html, write_front_png
+from study.records import POINT_METRICS, load_points
 
-if TYPE_CHECKING:
-    from mlflow import MlflowClient
+__all__ = ["build_parser", "final_points", "learner_label", "table1", "table1_text", "main"]
 
-__all__ = [
-    "DEFAULT_TRACKING_URI",
-    "FINAL_STEP",
-    "POINT_COLUMNS",
-    "build_parser",
-    "load_points",
-    "final_points",
-    "table1",
-    "front_text",
-    "table1_text",
-    "main",
-]
-
-DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
-PARENT_TAG = "mlflow.parentRunId"
-POINT_METRICS = tuple(metric for metric in OBJECTIVE_METRICS if metric != "step")
-# The trainable reports the index of the trial's last pruning step with every step: a trial that stopped before it
-# (an early-stopping scheduler) has no final values.
-FINAL_STEP = "final_step"
-POINT_COLUMNS = (
-    "run_id",
-    "run_name",
-    "trial_id",
-    "status",
-    "step",
-    "learner",
-    "criterion",
-    "rank",
-    *POINT_METRICS,
-    FINAL_STEP,
-)
 TABLE1_COLUMNS = (
     "criterion",
     "learner",
@@ -70,76 +39,6 @@ TABLE1_COLUMNS = (
     "flops_m",
     "n",
 )
-_DEFAULT_OBJECTIVES = ("val_accuracy:max", "learned_params:min")
-
-
-# --- reading MLflow ----------------------------------------------------------------------------------------------
-
-
-def load_points(
-    client: MlflowClient, experiment_id: str, *, statuses: Collection[str] | None = ("FINISHED",)
-) -> pd.DataFrame:
-    """One row per (child run, pruning step): identity, learner, criterion, rank and every reported metric.
-
-    Columns: ``POINT_COLUMNS`` (rank is empty for fine-pruning; a metric not logged, ``final_step`` included, is
-    NaN), then ``config/NAME``
-    for each of the run's params. The step is the MLflow step of the metric history; a logged ``step`` metric,
-    where present, takes precedence. A value logged twice at one step (a resumed trial) counts once: the last.
-    ``statuses``: the run statuses kept (None: all).
-    """
-    rows: list[dict[str, Any]] = []
-    for run in _child_runs(client, experiment_id):
-        if statuses is not None and run.info.status not in statuses:
-            continue
-        params = run.data.params
-        learner = params.get("learner")
-        identity = {
-            "run_id": run.info.run_id,
-            "run_name": run.info.run_name,
-            "trial_id": run.data.tags.get("trial_id"),
-            "status": run.info.status,
-            "learner": learner,
-            "criterion": params.get("criterion"),
-            "rank": None if learner == "finetune" else _integer(params.get("rank")),
-        }
-        config = {f"config/{name}": value for name, value in sorted(params.items())}
-        by_step: dict[int, dict[str, float]] = {}
-        for key in ("step", *POINT_METRICS, FINAL_STEP):
-            if key not in run.data.metrics:
-                continue
-            history = sorted(client.get_metric_history(run.info.run_id, key), key=lambda m: (m.step, m.timestamp))
-            for metric in history:
-                by_step.setdefault(metric.step, {})[key] = metric.value
-        for mlflow_step, metrics in sorted(by_step.items()):
-            reported = metrics.pop("step", math.nan)
-            step = int(reported) if math.isfinite(reported) else int(mlflow_step)
-            values = {m: metrics.get(m, math.nan) for m in (*POINT_METRICS, FINAL_STEP)}
-            rows.append({**identity, "step": step, **values, **config})
-    points = pd.DataFrame(rows)
-    for column in POINT_COLUMNS:
-        if column not in points.columns:
-            points[column] = pd.Series(dtype=float if column in (*POINT_METRICS, FINAL_STEP) else object)
-    points["rank"] = points["rank"].astype("Int64")
-    config_columns = sorted(column for column in points.columns if column.startswith("config/"))
-    points = points[[*POINT_COLUMNS, *config_columns]]
-    return points.sort_values(["run_name", "run_id", "step"], kind="mergesort").reset_index(drop=True)
-
-
-def _child_runs(client: MlflowClient, experiment_id: str) -> list[Any]:
-    runs, token = [], None
-    while True:
-        page = client.search_runs([experiment_id], max_results=1000, page_token=token)
-        runs += [run for run in page if PARENT_TAG in run.data.tags]
-        token = page.token
-        if not token:
-            return runs
-
-
-def _integer(text: str | None) -> int | None:
-    try:
-        return int(float(text)) if text not in (None, "", "None") else None
-    except ValueError:
-        return None
 
 
 # --- computing ---------------------------------------------------------------------------------------------------
@@ -220,32 +119,6 @@ def _learner_order(label: str) -> tuple[int, int, str]:
 # --- printing ----------------------------------------------------------------------------------------------------
 
 
-def _cell(value: Any, column: str) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NA:
-        return "-"
-    if column in ("learned_params", "params", "flops"):
-        return f"{float(value):,.0f}"
-    if isinstance(value, (float, np.floating)):
-        return f"{value:.4f}" if abs(value) < 10 else f"{value:,.1f}"
-    return str(value)
-
-
-def front_text(front: pd.DataFrame, points: pd.DataFrame, metrics: Sequence[str]) -> str:
-    """The front as a fixed-width table; settings columns shown only where the trials' settings differ."""
-    identity = ["run_name", "trial_id", "step", "learner", "criterion", "rank"]
-    varying = [
-        column
-        for column in points.columns
-        if column.startswith("config/")
-        and column.removeprefix("config/") not in identity
-        and points[column].astype(str).nunique(dropna=False) > 1
-    ]
-    shown_metrics = list(dict.fromkeys([*metrics, "density", "test_accuracy", "learned_params", "flops"]))
-    columns = [*identity, *shown_metrics, *varying]
-    cells = pd.DataFrame({c.removeprefix("config/"): [_cell(v, c) for v in front[c]] for c in columns})
-    return cells.to_string(index=False)
-
-
 def table1_text(table: pd.DataFrame) -> str:
     """Table 1 as printed: accuracy "mean±std" in percent, learned parameters in k, FLOPs in M."""
 
@@ -273,9 +146,9 @@ def table1_text(table: pd.DataFrame) -> str:
 
 def _objective(text: str) -> tuple[str, str]:
     metric, _, mode = text.partition(":")
-    if metric not in POINT_METRICS or mode not in ("max", "min"):
+    if metric not in POINT_METRICS or mode not in MODES:
         raise argparse.ArgumentTypeError(
-            f"{text!r} is not METRIC:MODE; allowed metrics: {', '.join(POINT_METRICS)}; modes: max, min"
+            f"{text!r} is not METRIC:MODE; allowed metrics: {', '.join(POINT_METRICS)}; modes: {', '.join(MODES)}"
         )
     return metric, mode
 
@@ -317,7 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=_objective,
         default=None,
         metavar="METRIC:MODE",
-        help=f"an objective of the front; repeat for several (default: {' '.join(_DEFAULT_OBJECTIVES)})",
+        help=f"an objective of the front; repeat for several (default: {' '.join(map(str, DEFAULT_OBJECTIVES))})",
     )
     parser.add_argument(
         "--buckets",
@@ -340,7 +213,7 @@ def _sqlite_file(uri: str) -> Path | None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
-    objectives = args.objectives or [_objective(text) for text in _DEFAULT_OBJECTIVES]
+    objectives = args.objectives or [(objective.metric, objective.mode) for objective in DEFAULT_OBJECTIVES]
     metrics, modes = [m for m, _ in objectives], [mode for _, mode in objectives]
     if (args.html or args.png) and len(metrics) < 2:
         print(

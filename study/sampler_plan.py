@@ -1,4 +1,5 @@
 """The sampler's settings sized to the study's budget: a pure function of (sampler, trials, parameters, concurrency).
+No Optuna until a sampler is built, so the command checks ``--sampler`` without it.
 
 Optuna's defaults suit long studies: ``TPESampler`` samples at random until ``n_startup_trials=10`` trials have
 *finished* (COMPLETE or PRUNED), ``GPSampler`` until 10 have COMPLETED, and ``NSGAIISampler`` breeds generations of
@@ -23,9 +24,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import optuna
+if TYPE_CHECKING:
+    import optuna
 
 __all__ = ["SAMPLER_NAMES", "SamplerPlan", "plan_sampler", "build_sampler"]
 
@@ -90,6 +92,8 @@ def plan_sampler(name: str, *, num_samples: int, num_params: int | None = None, 
 
 def build_sampler(plan: SamplerPlan, seed: int) -> optuna.samplers.BaseSampler:
     """The Optuna sampler of ``plan``, seeded."""
+    import optuna  # local: the command checks --sampler and prints the plan before Optuna loads
+
     if plan.name == "tpe":
         return optuna.samplers.TPESampler(seed=seed, **plan.settings)
     if plan.name == "nsga2":

@@ -11,7 +11,6 @@ resume; ``StudySearch`` lets a resumed study ask for more samples than it starte
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Callable
 from typing import Any
 
@@ -21,7 +20,10 @@ from optuna.trial import TrialState
 from ray.tune.search import ConcurrencyLimiter, SearchGenerator
 from ray.tune.search.optuna import OptunaSearch
 
-from study.outcome import COMPLETE, FAILED, PRUNED, TRIAL_NUMBER, judge
+from spa.validation import is_finite_number
+from study.names import TRIAL_NUMBER
+from study.outcome import COMPLETE, FAILED, PRUNED, judge
+from study.ray_internals import optuna_study, optuna_trials, raise_total_samples, told_trial_ids
 from study.sampler_plan import SAMPLER_NAMES, SamplerPlan, build_sampler, plan_sampler
 from study.spaces import SearchSpace, suggest
 
@@ -90,18 +92,18 @@ class StudySearcher(OptunaSearch):
 
     @property
     def study(self) -> optuna.Study:
-        return self._ot_study
+        return optuna_study(self)
 
     def suggest(self, trial_id: str) -> dict[str, Any] | None:
         config = super().suggest(trial_id)
         if config:
-            self._ot_trials[trial_id].set_user_attr(TUNE_TRIAL_ATTR, trial_id)
+            optuna_trials(self)[trial_id].set_user_attr(TUNE_TRIAL_ATTR, trial_id)
         return config
 
     def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False) -> None:
-        if trial_id in self._completed_trials:
+        if trial_id in told_trial_ids(self):
             return
-        ot_trial = self._ot_trials.get(trial_id)
+        ot_trial = optuna_trials(self).get(trial_id)
         if ot_trial is None:
             logger.warning("trial %s ended but was never asked of Optuna; nothing to tell", trial_id)
             return
@@ -111,14 +113,14 @@ class StudySearcher(OptunaSearch):
             self._tell(ot_trial.number, outcome.state, outcome.values, outcome.reason, attrs)
         except Exception as exc:  # bookkeeping must never end the study; say so loudly instead
             logger.error("could not tell Optuna trial %d (%s): %s", ot_trial.number, outcome.state, exc)
-        self._completed_trials.add(trial_id)
+        told_trial_ids(self).add(trial_id)
 
     def restore(self, checkpoint_path: str) -> None:
         super().restore(checkpoint_path)
         # Trials asked after the last saved experiment state (the driver was killed) are unknown to Tune and will
         # never run: close them, so the study holds no trial RUNNING forever.
-        known = {ot_trial.number for ot_trial in self._ot_trials.values()}
-        for frozen in self._ot_study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        known = {ot_trial.number for ot_trial in optuna_trials(self).values()}
+        for frozen in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             if frozen.number not in known:
                 self._tell(frozen.number, FAILED, None, "asked by a driver that stopped before Tune recorded the trial")
 
@@ -130,16 +132,16 @@ class StudySearcher(OptunaSearch):
         reason: str | None,
         attrs: dict[str, float] | None = None,
     ) -> None:
-        frozen = self._ot_study.get_trials(deepcopy=False)[number]
+        frozen = self.study.get_trials(deepcopy=False)[number]
         if frozen.state.is_finished():  # told before the driver stopped; the storage already holds the truth
             return
-        trial = optuna.trial.Trial(self._ot_study, frozen._trial_id)
+        trial = optuna.trial.Trial(self.study, frozen._trial_id)
         try:
             for key, value in {**({REASON_ATTRS[state]: reason} if reason else {}), **(attrs or {})}.items():
                 trial.set_user_attr(key, value)
         except UpdateFinishedTrialError:
             return
-        self._ot_study.tell(number, list(values) if values else None, state=_STATES[state], skip_if_finished=True)
+        self.study.tell(number, list(values) if values else None, state=_STATES[state], skip_if_finished=True)
 
 
 def last_values(result: dict[str, Any] | None, metrics: list[str]) -> dict[str, float]:
@@ -147,12 +149,8 @@ def last_values(result: dict[str, Any] | None, metrics: list[str]) -> dict[str, 
     had reached, kept as user attributes since its values are not final and never enter the front."""
     if not result:
         return {}
-    attrs = {f"last_{key}": float(result[key]) for key in ("step", *metrics) if _is_finite(result.get(key))}
+    attrs = {f"last_{key}": float(result[key]) for key in ("step", *metrics) if is_finite_number(result.get(key))}
     return attrs
-
-
-def _is_finite(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 class StudySearch(SearchGenerator):
@@ -169,4 +167,4 @@ class StudySearch(SearchGenerator):
 
     def set_state(self, state: dict) -> None:
         super().set_state(state)
-        self._total_samples = max(self._total_samples, self.num_samples)
+        raise_total_samples(self, self.num_samples)

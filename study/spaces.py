@@ -30,22 +30,26 @@ setting, every parameter at its low and high end, every categorical choice).
 
 from __future__ import annotations
 
-import math
 import os
-import sys
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from spa.config import ConfigError, ExperimentConfig
-from spa.metrics import EXTRA_METRIC_NAMES, METRIC_NAMES
 from spa.schedules import density_schedule
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - Python 3.10
-    import tomli as tomllib
+from spa.validation import is_finite_number, is_int
+from study.names import DEFAULT_OBJECTIVES, MODES, OBJECTIVE_METRICS, Objective
+from study.space_files import (
+    SPACES_DIR,
+    SpaceError,
+    _default_spaces_dir,  # noqa: F401 - where SPACES_DIR comes from, for tests
+    list_spaces,
+    read,
+    resolve,
+    toml_text,
+)
+from study.space_files import file_error as _error
 
 if TYPE_CHECKING:
     import optuna
@@ -64,31 +68,10 @@ __all__ = [
     "suggest",
 ]
 
-# What spa.experiment.run_experiment reports after every pruning step (kept here so that loading a space does not
-# import the training code).
-# Every reported metric, the schedule's target next to the density it aims at.
-OBJECTIVE_METRICS = (*METRIC_NAMES[:2], EXTRA_METRIC_NAMES[0], *METRIC_NAMES[2:], EXTRA_METRIC_NAMES[1])
-MODES = ("max", "min")
 PARAM_KINDS = ("int", "float", "categorical")
-_TOP_KEYS = ("description", "fixed", "params", "objectives")
+_TOP_KEYS = ("description", "fixed", "params", "objectives", "extends")
 _PARAM_KEYS = ("type", "low", "high", "log", "step", "choices")
 _OBJECTIVE_KEYS = ("metric", "mode")
-
-
-def _default_spaces_dir() -> Path:
-    # An explicit SPA_SPACES_DIR wins; otherwise the repository's search_spaces/ beside the package (an editable
-    # install or a checkout). A non-editable install has no such directory: set SPA_SPACES_DIR there.
-    configured = os.environ.get("SPA_SPACES_DIR")
-    if configured:
-        return Path(configured).expanduser()
-    return Path(__file__).resolve().parents[1] / "search_spaces"
-
-
-SPACES_DIR: Path = _default_spaces_dir()
-
-
-class SpaceError(ValueError):
-    """A search-space file that cannot be used; the message is one line naming the file, the key and what is allowed."""
 
 
 class _ReadOnlyDict(Mapping[str, Any]):
@@ -138,19 +121,16 @@ class Param:
             return distributions.FloatDistribution(self.low, self.high, log=self.log, step=self.step)
         return distributions.CategoricalDistribution(self.choices)
 
-
-@dataclass(frozen=True)
-class Objective:
-    metric: str
-    mode: str  # "max" | "min"
-
-    @property
-    def direction(self) -> str:
-        """Optuna's word for the mode."""
-        return "maximize" if self.mode == "max" else "minimize"
-
-
-DEFAULT_OBJECTIVES = (Objective("val_accuracy", "max"), Objective("learned_params", "min"))
+    def spec(self) -> dict[str, Any]:
+        """The parameter's table in a space file."""
+        if self.kind == "categorical":
+            return {"type": self.kind, "choices": list(self.choices or ())}
+        spec = {"type": self.kind, "low": self.low, "high": self.high}
+        if self.log:
+            spec["log"] = True
+        if self.step is not None:
+            spec["step"] = self.step
+        return spec
 
 
 @dataclass(frozen=True)
@@ -193,25 +173,22 @@ class SearchSpace:
         _check_values(space, overridden=frozenset(fixed))
         return space
 
-
-def list_spaces() -> list[str]:
-    """The names of the spaces in ``SPACES_DIR``, sorted; empty when the directory does not exist."""
-    if not SPACES_DIR.is_dir():
-        return []
-    return sorted(path.stem for path in SPACES_DIR.glob("*.toml"))
+    def to_toml(self, *, header: str = "") -> str:
+        """The space with its bases merged in, as one file that ``load_space`` reads back to an equal space."""
+        data = {
+            "description": self.description,
+            "fixed": dict(self.fixed),
+            "params": {param.name: param.spec() for param in self.params},
+            "objectives": [{"metric": objective.metric, "mode": objective.mode} for objective in self.objectives],
+        }
+        return toml_text(data, header=header)
 
 
 def load_space(name_or_path: str | os.PathLike[str]) -> SearchSpace:
-    """Load and validate a space: a name in ``SPACES_DIR`` (``"splora_lrp"``) or a path to a ``.toml`` file."""
-    path = _resolve(name_or_path)
-    try:
-        with path.open("rb") as file:
-            data = tomllib.load(file)
-    except tomllib.TOMLDecodeError as error:
-        raise _error(path, f"not valid TOML: {error}") from None
-    except (OSError, UnicodeDecodeError) as error:
-        raise _error(path, f"cannot be read: {error}") from None
-    return _parse(data, path)
+    """Load and validate a space: a name in ``SPACES_DIR`` (``"splora_lrp"``) or a path to a ``.toml`` file, with
+    the bases it extends merged in (``study.space_files``)."""
+    path = resolve(name_or_path)
+    return _parse(read(path, check=_structure), path)
 
 
 def optuna_distributions(space: SearchSpace) -> dict[str, optuna.distributions.BaseDistribution]:
@@ -237,39 +214,24 @@ def suggest(space: SearchSpace, trial: optuna.Trial) -> dict[str, Any]:
 # --- loading ---------------------------------------------------------------------------------------------------
 
 
-def _display(path: Path) -> str:
-    try:
-        return str(path.resolve().relative_to(Path.cwd().resolve()))
-    except ValueError:
-        return str(path)
+def _parse(data: Mapping[str, Any], path: Path) -> SearchSpace:
+    description, fixed, params, objectives = _structure(data, path)
+    space = SearchSpace(
+        name=path.stem,
+        path=path,
+        description=description,
+        fixed=_ReadOnlyDict(fixed),
+        params=params,
+        objectives=objectives,
+    )
+    _check_values(space)
+    return space
 
 
-def _error(path: Path, message: str) -> SpaceError:
-    return SpaceError(f"{_display(path)}: {' '.join(str(message).split())}")
-
-
-def _resolve(name_or_path: str | os.PathLike[str]) -> Path:
-    text = os.fspath(name_or_path)
-    looks_like_path = text.endswith(".toml") or os.sep in text or "/" in text
-    if looks_like_path:
-        path = Path(text).expanduser()
-        if not path.is_file():
-            raise SpaceError(f"{text}: no such search-space file; allowed: a .toml file, or one of {_names_hint()}")
-        return path
-    path = SPACES_DIR / f"{text}.toml"
-    if not path.is_file():
-        raise SpaceError(f"unknown search space {text!r}; allowed: {_names_hint()}")
-    return path
-
-
-def _names_hint() -> str:
-    names = list_spaces()
-    if not names:
-        return f"none found in {SPACES_DIR} (set SPA_SPACES_DIR to the repository's search_spaces/)"
-    return ", ".join(names)
-
-
-def _parse(data: dict[str, Any], path: Path) -> SearchSpace:
+def _structure(
+    data: Mapping[str, Any], path: Path
+) -> tuple[str, dict[str, Any], tuple[Param, ...], tuple[Objective, ...]]:
+    """Keys, types and bounds of one file's data (values are judged by ``_check_values``)."""
     unknown = [key for key in data if key not in _TOP_KEYS]
     if unknown:
         raise _error(path, f"unknown top-level key {unknown[0]!r}; allowed: {', '.join(_TOP_KEYS)}")
@@ -296,25 +258,7 @@ def _parse(data: dict[str, Any], path: Path) -> SearchSpace:
         if name in fixed:
             raise _error(path, f"params.{name} is both fixed and searched; allowed: one of fixed.{name}, params.{name}")
         params.append(_parse_param(path, name, spec))
-
-    space = SearchSpace(
-        name=path.stem,
-        path=path,
-        description=description,
-        fixed=_ReadOnlyDict(fixed),
-        params=tuple(params),
-        objectives=_parse_objectives(path, data.get("objectives")),
-    )
-    _check_values(space)
-    return space
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    return description, dict(fixed), tuple(params), _parse_objectives(path, data.get("objectives"))
 
 
 def _parse_param(path: Path, name: str, spec: Any) -> Param:
@@ -344,7 +288,7 @@ def _parse_param(path: Path, name: str, spec: Any) -> Param:
 
     if "choices" in spec:
         raise _error(path, f"{key}.choices is not allowed with type = {kind!r}; allowed: low, high, log, step")
-    is_bound = _is_int if kind == "int" else _is_number
+    is_bound = is_int if kind == "int" else is_finite_number
     what = "an integer" if kind == "int" else "a finite number"
     bounds = {}
     for field in ("low", "high"):
@@ -365,9 +309,9 @@ def _parse_param(path: Path, name: str, spec: Any) -> Param:
     if step is not None:
         if log:
             raise _error(path, f"{key}.step is not allowed with log = true; allowed: step or log, not both")
-        if kind == "int" and not (_is_int(step) and step >= 1):
+        if kind == "int" and not (is_int(step) and step >= 1):
             raise _error(path, f"{key}.step={step!r} is not allowed with type = 'int'; allowed: an integer >= 1")
-        if kind == "float" and not (_is_number(step) and step > 0):
+        if kind == "float" and not (is_finite_number(step) and step > 0):
             raise _error(path, f"{key}.step={step!r} is not allowed; allowed: a finite number > 0")
         count = (high - low) / step
         if abs(count - round(count)) > 1e-9 * max(1.0, abs(count)):
@@ -419,7 +363,7 @@ def _check_values(space: SearchSpace, *, overridden: frozenset[str] = frozenset(
                 raise _error(space.path, f"{key}={value!r} is not allowed; allowed: {_allowed(refusal)}")
 
 
-def _refusal(flat: dict[str, Any], *, schedule: bool = True) -> str | None:
+def _refusal(flat: dict[str, Any], *, schedule: bool = True) -> ValueError | TypeError | None:
     """Why ``flat`` does not make an experiment, or None when it does."""
     try:
         config = ExperimentConfig.from_flat(flat)
@@ -428,13 +372,13 @@ def _refusal(flat: dict[str, Any], *, schedule: bool = True) -> str | None:
         if schedule and prune.densities is None:  # the schedule is only built at run time: check it now
             density_schedule(prune.final_density, prune.steps, prune.shape)
     except (ConfigError, ValueError, TypeError) as error:
-        return str(error)
+        return error
     return None
 
 
-def _allowed(refusal: str) -> str:
-    # ConfigError messages read "name=value is not allowed; allowed: WHAT": keep WHAT.
-    return refusal.split("; allowed: ", 1)[1] if "; allowed: " in refusal else refusal
+def _allowed(refusal: ValueError | TypeError) -> str:
+    """What the refused setting may be: ``ConfigError.allowed``, else the whole message."""
+    return getattr(refusal, "allowed", None) or str(refusal)
 
 
 def _check_dataset(name: str) -> None:
@@ -442,4 +386,4 @@ def _check_dataset(name: str) -> None:
 
     names = dataset_names()
     if name not in names and not str(name).startswith("imagefolder:"):
-        raise ConfigError(f"dataset={name!r} is not allowed; allowed: {', '.join(names)}, imagefolder:PATH")
+        raise ConfigError.not_allowed("dataset", name, f"{', '.join(names)}, imagefolder:PATH")

@@ -1,43 +1,42 @@
 """MLflow bookkeeping of a study, as a Tune callback on the driver: the only module that touches MLflow.
 
 One experiment per study (by default), one parent run per study (tag ``study_id``), one child run per trial
-(``mlflow.parentRunId``; tags ``trial_id``, ``trial_number``, ``learner``, ``criterion``, ``node_ip``; params = the
+(``PARENT_TAG``; tags ``trial_id``, ``trial_number``, ``learner``, ``criterion``, ``node_ip``; params = the
 trial's settings; one metric value per pruning step, MLflow step = pruning step). A trial ends FINISHED,
 KILLED (stopped early by the scheduler: tag ``stopped_by``) or FAILED (tag ``error``), judged as Optuna is told
-(``study.outcome.judge``). Every time a trial ends the Pareto front over the completed trials is rewritten
-(``pareto_front.csv/.html/.png`` and ``pareto_front_steps.csv`` over every measured step, in the study directory
-and as artifacts of the parent run) and the completed runs are tagged ``pareto=true`` or ``false``.
+(``study.outcome.judge``). Every time a trial ends the front book (``study.front``) updates the fronts
+incrementally and the completed runs whose membership changed are tagged ``pareto=true`` or ``false``; the front
+files (in the study directory, logged as artifacts of the parent run) are written by a background thread, at most
+every few seconds and always at the study's end (Ctrl-C included), so the event loop never waits for a plot.
+Recording results needs neither torch nor ``spa``'s model code: the experiment's default settings come
+in as plain data (``defaults``).
 
 Resuming: Tune restores this callback from the pickled tuner, so it holds plain settings until ``setup``; there it
-finds the parent and child runs of the study in MLflow again, reuses the run of every trial that continues, skips
-steps already logged, and closes runs left RUNNING by a stopped driver whose trial will not continue.
+finds the parent and child runs of the study in MLflow again (``study.records``), reuses the run of every trial
+that continues, skips steps already logged, and closes runs left RUNNING by a stopped driver whose trial will not
+continue.
 """
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 from ray import cloudpickle
 from ray.tune import Callback
 from ray.tune.experiment import Trial
 
-from spa.config import ConfigError, ExperimentConfig
-from study.outcome import COMPLETE, FAILED, PRUNED, STUDY_KEYS, TRIAL_NUMBER, judge, one_line
-from study.pareto import front_frame, write_front_csv, write_front_html, write_front_png
-from study.report import POINT_COLUMNS, POINT_METRICS, load_points
-from study.trainable import trial_name
+from study.front import FrontBook, FrontWriter
+from study.names import PARENT_TAG, STUDY_KEYS, TRIAL_NUMBER, trial_name
+from study.outcome import COMPLETE, FAILED, PRUNED, judge, one_line
+from study.records import POINT_METRICS, child_runs, load_points, point_row
 
-__all__ = ["StudyTracker", "FRONT_FILES"]
+__all__ = ["StudyTracker"]
 
-PARENT_TAG = "mlflow.parentRunId"
-FRONT_FILES = ("pareto_front.csv", "pareto_front.html", "pareto_front.png", "pareto_front_steps.csv")
 _STATUS = {COMPLETE: "FINISHED", PRUNED: "KILLED", FAILED: "FAILED"}
 _LIVE = (Trial.PENDING, Trial.RUNNING, Trial.PAUSED)
 _BATCH = 100  # MLflow's limit of params per log_batch
@@ -59,6 +58,7 @@ class StudyTracker(Callback):
         scheduler: str,
         params: Mapping[str, Any],
         tags: Mapping[str, str],
+        defaults: Mapping[str, Any] | None = None,
     ) -> None:
         self.tracking_uri = tracking_uri
         self.experiment_name = experiment_name
@@ -70,6 +70,9 @@ class StudyTracker(Callback):
         self.scheduler = scheduler
         self.params = dict(params)
         self.tags = dict(tags)
+        # The flat settings of the default experiment (``ExperimentConfig().to_flat()``): a run's params are these
+        # with the trial's own on top, so they say how to repeat it.
+        self.defaults = dict(defaults or {})
         self._reset()
 
     def _reset(self) -> None:
@@ -79,9 +82,8 @@ class StudyTracker(Callback):
         self._runs: dict[str, str] = {}  # trial_id -> run_id
         self._logged_steps: dict[str, set[int]] = {}  # run_id -> steps logged
         self._nodes: dict[str, list[str]] = {}  # run_id -> ids of the Ray nodes it ran on
-        self._points: dict[tuple[str, int], dict[str, Any]] = {}  # (run_id, step) -> point row
-        self._finals: dict[str, dict[str, Any]] = {}  # run_id -> final point row, completed trials only
-        self._pareto: dict[str, bool] = {}  # run_id -> value of its pareto tag
+        self._book = FrontBook(self.metrics, self.modes)
+        self._writer: FrontWriter | None = None  # started in setup: a thread, never pickled
         self._started: set[str] = set()  # trial_ids started in this session
         self._ended: set[str] = set()  # trial_ids recorded as ended in this session
         self._reconciled = False
@@ -94,7 +96,7 @@ class StudyTracker(Callback):
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
+        self.__dict__.update({"defaults": {}, **state})  # a tuner pickled before defaults existed
         self._reset()
 
     @property
@@ -110,6 +112,13 @@ class StudyTracker(Callback):
         self.experiment_id = self._experiment()
         self.parent_run_id = self._parent_run()
         self._load_children()
+        parent_run_id, artifacts = self.parent_run_id, MlflowClient(tracking_uri=self.tracking_uri)
+
+        def log_artifacts(paths: list[Path]) -> None:  # in the writer's thread: a client of its own
+            for path in paths:
+                artifacts.log_artifact(parent_run_id, str(path))
+
+        self._writer = FrontWriter(self.study_dir, self.study_name, written=log_artifacts)
 
     def on_step_begin(self, iteration: int, trials: list[Trial], **info) -> None:
         if not self._reconciled:
@@ -150,7 +159,7 @@ class StudyTracker(Callback):
             ]
             self.client.log_batch(run_id, metrics=metrics)
             logged.add(step)
-        self._points[(run_id, step)] = self._point(trial, run_id, "RUNNING", step, result)
+        self._book.add(run_id, step, self._point(trial, run_id, "RUNNING", step, result))
 
     def on_trial_complete(self, iteration: int, trials: list[Trial], trial: Trial, **info) -> None:
         self._end(trial, error=False)
@@ -171,7 +180,10 @@ class StudyTracker(Callback):
             if run_id is not None and self.client.get_run(run_id).info.status == "RUNNING":
                 self._set_tags(run_id, {"interrupted": "the driver stopped; --resume continues this trial"})
                 self.client.set_terminated(run_id, "KILLED")
-        self._write_fronts()
+        self._tag_membership()
+        if self._writer is not None:  # the final files, written before the parent run ends
+            self._writer.close(self._book.snapshot())
+            self._writer = None
         counts = {state: 0 for state in _STATUS.values()}
         for run in self._child_runs():
             counts[run.info.status] = counts.get(run.info.status, 0) + 1
@@ -181,7 +193,7 @@ class StudyTracker(Callback):
                 "trials_finished": str(counts["FINISHED"]),
                 "trials_killed": str(counts["KILLED"]),
                 "trials_failed": str(counts["FAILED"]),
-                "front_size": str(sum(self._pareto.values())),
+                "front_size": str(self._book.front_size),
             },
         )
         interrupted = bool(unfinished) or len(trials) < self._total
@@ -223,40 +235,25 @@ class StudyTracker(Callback):
         return run.info.run_id
 
     def _child_runs(self) -> list[Any]:
-        runs, token = [], None
-        while True:
-            page = self.client.search_runs(
-                [self.experiment_id],
-                filter_string=f"tags.`{PARENT_TAG}` = '{self.parent_run_id}'",
-                max_results=1000,
-                page_token=token,
-            )
-            runs += list(page)
-            token = page.token
-            if not token:
-                return runs
+        return child_runs(self.client, self.experiment_id, self.parent_run_id)
 
     def _load_children(self) -> None:
         """Rebuild what this study logged before (a resumed study): runs by trial, steps, points and the front."""
         children = self._child_runs()
         if not children:
             return
+        membership = {}
         for run in children:
             trial_id = run.data.tags.get("trial_id")
             if trial_id:
                 self._runs[trial_id] = run.info.run_id
             if "pareto" in run.data.tags:
-                self._pareto[run.info.run_id] = run.data.tags["pareto"] == "true"
-        status = {run.info.run_id: run.info.status for run in children}
-        points = load_points(self.client, self.experiment_id, statuses=None)
-        points = points[points["run_id"].isin(status)]
-        for row in points.to_dict("records"):
-            key = (row["run_id"], int(row["step"]))
-            self._points[key] = row
-            self._logged_steps.setdefault(row["run_id"], set()).add(int(row["step"]))
-        for run_id, rows in points.groupby("run_id"):
-            if status[run_id] == "FINISHED":
-                self._finals[run_id] = rows.loc[rows["step"].idxmax()].to_dict()
+                membership[run.info.run_id] = run.data.tags["pareto"] == "true"
+        statuses = {run.info.run_id: run.info.status for run in children}
+        points = load_points(self.client, self.experiment_id, statuses=None, parent_run_id=self.parent_run_id)
+        self._book.restore(points, statuses, membership)
+        for run_id, step in zip(points["run_id"], points["step"], strict=True):
+            self._logged_steps.setdefault(run_id, set()).add(int(step))
 
     def _reconcile(self, trials: Iterable[Trial]) -> None:
         """Close the runs a stopped driver left RUNNING whose trial will not continue."""
@@ -289,10 +286,10 @@ class StudyTracker(Callback):
             "criterion": str(config.get("criterion", "")),
         }
         if TRIAL_NUMBER in config:
-            tags["trial_number"] = str(config[TRIAL_NUMBER])
+            tags[TRIAL_NUMBER] = str(config[TRIAL_NUMBER])
         run = self.client.create_run(self.experiment_id, tags=tags, run_name=trial_name(trial))
         run_id = run.info.run_id
-        self._log_params(run_id, _settings(trial))
+        self._log_params(run_id, self._settings(trial))
         self._runs[trial.trial_id] = run_id
         return run_id
 
@@ -308,71 +305,42 @@ class StudyTracker(Callback):
         elif outcome.state == FAILED:
             tags["error"] = _error_line(trial) if error else one_line(outcome.reason)
         status = _STATUS[outcome.state]
-        for (point_run, _), row in self._points.items():
-            if point_run == run_id:
-                row["status"] = status
+        final = None
         if outcome.state == COMPLETE:
-            final = self._points.get((run_id, outcome.step)) or self._point(
+            final = self._book.points.get((run_id, outcome.step)) or self._point(
                 trial, run_id, status, outcome.step, trial.last_result
             )
-            self._finals[run_id] = final
         else:
-            self._finals.pop(run_id, None)
             tags["pareto"] = "false"
-            self._pareto[run_id] = False
+        self._book.end(run_id, status, final)
         self._set_tags(run_id, tags)
         self.client.set_terminated(run_id, status)
-        self._write_fronts()
+        self._tag_membership()
+        if self._writer is not None:
+            self._writer.request(self._book.snapshot())
 
-    # --- the front ----------------------------------------------------------------------------------------------
-
-    def _frame(self, rows: Iterable[dict[str, Any]]) -> pd.DataFrame:
-        frame = pd.DataFrame(list(rows))
-        for column in POINT_COLUMNS:
-            if column not in frame.columns:
-                frame[column] = pd.Series(dtype=float if column in POINT_METRICS else object)
-        config = sorted(c for c in frame.columns if c not in POINT_COLUMNS)
-        return frame[[*POINT_COLUMNS, *config]]
-
-    def _write_fronts(self) -> None:
-        finals = self._frame(self._finals.values())
-        front = front_frame(finals, self.metrics, self.modes)
-        on_front = set(front["run_id"])
-        for run_id in finals["run_id"]:
-            member = run_id in on_front
-            if self._pareto.get(run_id) != member:
-                self._set_tags(run_id, {"pareto": "true" if member else "false"})
-                self._pareto[run_id] = member
-        points = self._frame(self._points.values())
-        steps_front = front_frame(points, self.metrics, self.modes)
-        paths = [
-            write_front_csv(front, self.study_dir / "pareto_front.csv"),
-            write_front_csv(steps_front, self.study_dir / "pareto_front_steps.csv"),
-        ]
-        if len(self.metrics) >= 2 and len(finals):
-            title = f"{self.study_name}: {len(front)} of {len(finals)} completed trials on the front"
-            args = (finals, front, self.metrics, self.modes)
-            paths.append(write_front_html(*args, self.study_dir / "pareto_front.html", title))
-            paths.append(write_front_png(*args, self.study_dir / "pareto_front.png", title))
-        for path in paths:
-            self.client.log_artifact(self.parent_run_id, str(path))
+    def _tag_membership(self) -> None:
+        """The ``pareto`` tag of every run whose membership of the front changed (the book keeps the front)."""
+        for run_id, member in self._book.take_changes().items():
+            self._set_tags(run_id, {"pareto": "true" if member else "false"})
 
     def _point(self, trial: Trial, run_id: str, status: str, step: int, result: Mapping[str, Any]) -> dict[str, Any]:
-        config = _settings(trial)
-        learner = config.get("learner")
-        rank = config.get("rank")
-        return {
-            "run_id": run_id,
-            "run_name": trial_name(trial),
-            "trial_id": trial.trial_id,
-            "status": status,
-            "step": step,
-            "learner": learner,
-            "criterion": config.get("criterion"),
-            "rank": None if learner == "finetune" or rank is None else int(rank),
-            **{metric: _number(result.get(metric)) for metric in POINT_METRICS},
-            **{f"config/{k}": str(v) for k, v in sorted(config.items())},
-        }
+        return point_row(
+            run_id=run_id,
+            run_name=trial_name(trial),
+            trial_id=trial.trial_id,
+            status=status,
+            step=step,
+            settings=self._settings(trial),
+            result=result,
+        )
+
+    def _settings(self, trial: Trial) -> dict[str, Any]:
+        """Every experiment setting of the trial, defaults included (a run's params say how to repeat it)."""
+        # Tune hands lists where the experiment's settings hold tuples (densities): record them as the experiment
+        # would, so a run's params read the same whether a setting was a default or sampled.
+        own = {k: tuple(v) if isinstance(v, list) else v for k, v in trial.config.items() if k not in STUDY_KEYS}
+        return {**self.defaults, **own}
 
     # --- small helpers ------------------------------------------------------------------------------------------
 
@@ -390,19 +358,6 @@ class StudyTracker(Callback):
         for key in keys:
             if key in present:
                 self.client.delete_tag(run_id, key)
-
-
-def _settings(trial: Trial) -> dict[str, Any]:
-    """Every experiment setting of the trial, defaults included (a run's params say how to repeat it)."""
-    config = {k: v for k, v in trial.config.items() if k not in STUDY_KEYS}
-    try:
-        return ExperimentConfig.from_flat(config).to_flat()
-    except (ConfigError, TypeError):  # a sample the experiment refuses: the trial fails; record what it got
-        return config
-
-
-def _number(value: Any) -> float:
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else math.nan
 
 
 def _error_line(trial: Trial) -> str:

@@ -17,9 +17,9 @@ from ray import tune
 
 from spa.config import ExperimentConfig
 from spa.experiment import pruning_densities, run_experiment
-from study.outcome import FINAL_STEP, STUDY_KEYS, TRIAL_NUMBER
+from study.names import FINAL_STEP, STUDY_KEYS
 
-__all__ = ["run_trial", "trial_dirname", "trial_name"]
+__all__ = ["run_trial"]
 
 
 def run_trial(config: dict[str, Any]) -> None:
@@ -53,14 +53,3 @@ def run_trial(config: dict[str, Any]) -> None:
             tune.report({**history[-1], FINAL_STEP: final_step, "node_id": node_id})
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-
-
-def trial_name(trial: Any) -> str:
-    """``trial-<Optuna trial number>``, the name of the trial's MLflow run too."""
-    number = trial.config.get(TRIAL_NUMBER)
-    return f"trial-{number:03d}" if isinstance(number, int) else f"trial-{trial.trial_id}"
-
-
-def trial_dirname(trial: Any) -> str:
-    """Short, unique trial directory names (Tune's default repeats every setting in the name)."""
-    return f"{trial_name(trial)}_{trial.trial_id}"

@@ -11,7 +11,7 @@ import optuna
 import pandas as pd
 from mlflow.tracking import MlflowClient
 
-from study.scheduling import MOASHA_JOURNAL
+from study.schedulers import MOASHA_JOURNAL
 from study.tune import main
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)

@@ -10,11 +10,11 @@ import optuna
 import pandas as pd
 import pytest
 
+from spa.files import write_atomically
 from study.pareto import (
     front_frame,
     front_line,
     pareto_mask,
-    write_atomically,
     write_front_csv,
     write_front_html,
     write_front_png,

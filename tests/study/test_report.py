@@ -12,7 +12,8 @@ import pytest
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 
-from study.report import POINT_COLUMNS, build_parser, final_points, load_points, main, table1
+from study.records import POINT_COLUMNS, load_points
+from study.report import build_parser, final_points, main, table1
 
 EXPERIMENT = "digits-study"
 

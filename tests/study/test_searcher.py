@@ -8,11 +8,12 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from study.outcome import COMPLETE, FAILED, FINAL_STEP, PRUNED, TRIAL_NUMBER, judge
+from study.names import FINAL_STEP, TRIAL_NUMBER
+from study.outcome import COMPLETE, FAILED, PRUNED, judge
 from study.searcher import SAMPLERS, StudySearch, StudySearcher, make_sampler
+from study.settings import SAMPLERS as COMMAND_SAMPLERS
+from study.settings import SMOKE_BUDGET
 from study.spaces import load_space
-from study.tune import SAMPLERS as COMMAND_SAMPLERS
-from study.tune import SMOKE_BUDGET
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 OBJECTIVES = ["val_accuracy", "learned_params"]

@@ -15,8 +15,9 @@ from ray import cloudpickle
 from ray.exceptions import RayTaskError
 
 from spa.experiment import NonFiniteLossError
-from study.outcome import FINAL_STEP, TRIAL_NUMBER
-from study.tracking import FRONT_FILES, StudyTracker
+from study.front import FRONT_FILES
+from study.names import FINAL_STEP, TRIAL_NUMBER
+from study.tracking import StudyTracker
 
 PARENT = "mlflow.parentRunId"
 

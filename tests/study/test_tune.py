@@ -20,7 +20,9 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from study.tune import StudySettings, UsageError, _check_resources, build_parser, main
+from study.run import check_resources as _check_resources
+from study.settings import StudySettings, UsageError
+from study.tune import build_parser, main
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 PARENT = "mlflow.parentRunId"

@@ -1,4 +1,6 @@
-"""The study's trial schedulers by name: what each favours (the ``--scheduler`` help) and how each is built.
+"""The trial schedulers a study may use, by name: which trials Tune lets run on and which it stops early, what each
+favours (the ``--scheduler`` help) and how each is built. Ray is imported only when a scheduler is built, so the
+command can check ``--scheduler`` without it.
 
 - ``fifo`` runs every trial to its final pruning step.
 - ``asha`` is Ray's ASHA on the first objective alone (``val_accuracy``) at pruning steps 1, 2, 4, ...: it compares
@@ -21,7 +23,7 @@ import os
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from study.outcome import FINAL_STEP
+from study.names import FINAL_STEP
 
 if TYPE_CHECKING:
     from ray.tune.schedulers import TrialScheduler

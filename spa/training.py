@@ -1,0 +1,158 @@
+"""The training engine every phase shares: seeding, devices, optimizer and LR schedule, one epoch, evaluation.
+
+Nothing here knows about pruning: ``spa.experiment`` (train -> prune -> recover) and ``spa.pretrain`` (the
+source-task backbone) both train with these functions.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Iterable
+from contextlib import AbstractContextManager, nullcontext
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from spa.config import LR_SCHEDULES, OPTIMIZERS, ConfigError
+
+__all__ = [
+    "NonFiniteLossError",
+    "seed_everything",
+    "phase_seed",
+    "resolve_device",
+    "build_optimizer",
+    "build_scheduler",
+    "autocast",
+    "train_one_epoch",
+    "evaluate",
+]
+
+
+class NonFiniteLossError(FloatingPointError):
+    """Training diverged: the loss became NaN or infinite. Raised instead of reporting garbage."""
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def phase_seed(seed: int, step: int, epoch: int) -> int:
+    """The seed of one training epoch: a distinct, reproducible stream per (run seed, pruning step, epoch).
+
+    Re-deriving it at every epoch (instead of letting one stream run on) is what makes a run resumed from a
+    checkpoint end with exactly the numbers of an uninterrupted one.
+    """
+    return (seed * 1_000_003 + step * 10_007 + epoch) % 2**63
+
+
+def resolve_device(name: str) -> torch.device:
+    """``"auto"`` -> CUDA when available, else CPU; a named CUDA device must exist on this machine."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ConfigError(
+                f"device={name!r} asked for a CUDA GPU but none is available; allowed here: auto, cpu",
+                field="device",
+                allowed="auto, cpu",
+            )
+        index = torch.device(name).index or 0
+        count = torch.cuda.device_count()
+        if index >= count:
+            raise ConfigError(
+                f"device={name!r} does not exist; this machine has {count} GPU(s)",
+                field="device",
+                allowed=f"auto, cpu, cuda, cuda:0 .. cuda:{count - 1}",
+            )
+    return torch.device(name)
+
+
+def build_optimizer(
+    model: nn.Module, name: str, *, lr: float, momentum: float, weight_decay: float
+) -> torch.optim.Optimizer:
+    """An optimizer over the parameters that require a gradient (``name``: one of ``spa.config.OPTIMIZERS``)."""
+    learned = [p for p in model.parameters() if p.requires_grad]
+    if name == "sgd":
+        return torch.optim.SGD(learned, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    if name == "adamw":
+        return torch.optim.AdamW(learned, lr=lr, weight_decay=weight_decay)
+    raise ConfigError.not_allowed("optimizer", name, ", ".join(OPTIMIZERS))
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, name: str, epochs: int) -> torch.optim.lr_scheduler.LRScheduler:
+    """A per-epoch LR schedule over ``epochs`` (``name``: one of ``spa.config.LR_SCHEDULES``)."""
+    if name == "step":  # as the original research code: StepLR(step=max(1, epochs // 4), gamma=0.2)
+        return torch.optim.lr_scheduler.StepLR(optimizer, step_size=max(1, epochs // 4), gamma=0.2)
+    if name == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, epochs))
+    if name == "constant":
+        return torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
+    raise ConfigError.not_allowed("lr_schedule", name, ", ".join(LR_SCHEDULES))
+
+
+def autocast(device: torch.device, bf16: bool) -> AbstractContextManager[Any]:
+    """bf16 autocast on CUDA when asked for; full precision otherwise (CPU bf16 is slower than fp32 here)."""
+    if bf16 and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return nullcontext()
+
+
+def _to_device(images: torch.Tensor, labels: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    images = images.to(device, non_blocking=True)
+    if device.type == "cuda":
+        images = images.contiguous(memory_format=torch.channels_last)
+    return images, labels.to(device, non_blocking=True)
+
+
+def _reseed(loader: Iterable[Any], seed: int) -> None:
+    """Fix the global stream (augmentation) and the loader's shuffling stream for one phase."""
+    torch.manual_seed(seed)
+    generator = getattr(loader, "generator", None)
+    if generator is not None:
+        generator.manual_seed(seed)
+
+
+def train_one_epoch(
+    model: nn.Module,
+    loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    optimizer: torch.optim.Optimizer,
+    device: torch.device,
+    *,
+    seed: int,
+    bf16: bool = False,
+) -> float:
+    """One pass over ``loader``; returns the mean training loss. Raises ``NonFiniteLossError`` on divergence."""
+    _reseed(loader, seed)
+    model.train()
+    loss_fn = nn.CrossEntropyLoss()
+    total, count = 0.0, 0
+    for batch_index, (images, labels) in enumerate(loader):
+        images, labels = _to_device(images, labels, device)
+        with autocast(device, bf16):
+            loss = loss_fn(model(images), labels)
+        value = loss.item()
+        if not math.isfinite(value):
+            raise NonFiniteLossError(f"training loss became {value} at batch {batch_index}; lower the learning rate")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        total += value * labels.numel()
+        count += labels.numel()
+    return total / max(count, 1)
+
+
+def evaluate(model: nn.Module, loader: Iterable[tuple[torch.Tensor, torch.Tensor]], device: torch.device) -> float:
+    """Top-1 accuracy over every sample of ``loader``."""
+    model.eval()
+    correct, count = 0, 0
+    with torch.inference_mode():
+        for images, labels in loader:
+            images, labels = _to_device(images, labels, device)
+            correct += (model(images).argmax(1) == labels).sum().item()
+            count += labels.numel()
+    return correct / max(count, 1)

@@ -1,0 +1,253 @@
+"""The run of a planned study: connect to Ray, fit the trials to its nodes, pretrain the backbone once, build the
+tuner (Optuna searcher, scheduler, MLflow callback) and fit it, then print the summary.
+
+The plan (``study.plan``) has checked every input before this starts.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from collections.abc import Sequence
+from importlib import metadata
+from typing import Any
+
+from spa.config import PRETRAINED_DIGITS, ExperimentConfig
+from study.names import trial_dirname, trial_name
+from study.plan import max_final_step, space_values
+from study.settings import StudySettings, UsageError, write_manifest
+from study.spaces import SearchSpace
+
+__all__ = ["INTERRUPTED", "run_study", "connect", "check_resources", "build_tuner", "summarize"]
+
+INTERRUPTED = 130  # the shell's status for Ctrl-C
+
+
+def run_study(settings: StudySettings, space: SearchSpace, *, resume: bool, address: str | None) -> int:
+    """Run (or, with ``resume``, continue) the study; the exit status (see ``summarize``)."""
+    started = time.perf_counter()
+    ray, started_ray = connect(address)
+    try:
+        nodes = [node["Resources"] for node in ray.nodes() if node.get("Alive")]
+        max_concurrent = check_resources(nodes, settings)
+        pretrain(space, settings)
+        tuner = build_tuner(settings, space, max_concurrent, resume=resume)
+        tuner.fit()
+    finally:
+        if started_ray:
+            ray.shutdown()
+    return summarize(settings, space, seconds=time.perf_counter() - started)
+
+
+def connect(address: str | None) -> tuple[Any, bool]:
+    """Ray, and whether this call started it (a running Ray, e.g. a test session's, is used as it is)."""
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    # Every pruning step is a checkpoint and Tune snapshots its state after each (num_to_keep=1): that is the
+    # point (a resume loses at most one step), not a bottleneck worth a warning each time.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    import ray
+
+    if ray.is_initialized():
+        return ray, False
+    # Ray's own INFO lines ("Started a local Ray instance", ...) would bury a one-line error on stderr.
+    if address or os.environ.get("RAY_ADDRESS"):
+        try:
+            ray.init(address=address, logging_level=logging.WARNING)
+        except ConnectionError as error:
+            raise UsageError(f"--address {address or os.environ['RAY_ADDRESS']}: {error}") from None
+    else:
+        ray.init(include_dashboard=False, logging_level=logging.WARNING)
+    return ray, True
+
+
+def check_resources(nodes: Sequence[dict[str, float]], settings: StudySettings) -> int:
+    """The trials' concurrency over the live nodes' resources; a trial that no node can place is bad input (not a
+    trial pending forever)."""
+    largest_cpus = max((node.get("CPU", 0.0) for node in nodes), default=0.0)
+    largest_gpus = max((node.get("GPU", 0.0) for node in nodes), default=0.0)
+    if settings.cpus_per_trial > largest_cpus:
+        raise UsageError(
+            f"--cpus-per-trial {settings.cpus_per_trial} exceeds the {largest_cpus:g} CPUs of the largest Ray node"
+        )
+    if settings.gpus_per_trial > largest_gpus:
+        raise UsageError(
+            f"--gpus-per-trial {settings.gpus_per_trial:g} exceeds the {largest_gpus:g} GPUs of the largest Ray node"
+            + ("; leave it out to run on CPUs" if largest_gpus == 0 else "")
+        )
+    fits = sum(int(node.get("CPU", 0.0) // settings.cpus_per_trial) for node in nodes)
+    if settings.gpus_per_trial > 0:
+        fits = min(fits, sum(int(node.get("GPU", 0.0) // settings.gpus_per_trial) for node in nodes))
+    return settings.max_concurrent or max(1, fits)
+
+
+def pretrain(space: SearchSpace, settings: StudySettings) -> None:
+    """Train the digits backbone once, here, before trials start: trials never race to train it."""
+    if PRETRAINED_DIGITS not in space_values(space, "weights"):
+        return
+    from spa.pretrain import PretrainConfig, pretrained_backbone
+
+    for arch in sorted(set(space_values(space, "arch"))):
+        began = time.perf_counter()
+        path = pretrained_backbone(PretrainConfig(arch=arch), settings.cache_dir)
+        print(f"backbone {arch} pretrained on digits 0-4: {path} ({time.perf_counter() - began:.0f}s)", flush=True)
+
+
+def _versions() -> dict[str, str]:
+    versions = {}
+    for tag, package in (
+        ("spa", "spa-study"),
+        ("torch", "torch"),
+        ("ray", "ray"),
+        ("optuna", "optuna"),
+        ("mlflow", "mlflow"),
+    ):
+        try:
+            versions[f"version_{tag}"] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[f"version_{tag}"] = "unknown"
+    return versions
+
+
+def build_tuner(settings: StudySettings, space: SearchSpace, max_concurrent: int, *, resume: bool) -> Any:
+    """Tune's tuner for the study: a new one, or (``resume``) the study's own restored from its storage."""
+    from ray import tune
+
+    from study.ray_internals import restored_search_alg
+    from study.schedulers import make_scheduler
+    from study.trainable import run_trial
+
+    trainable = tune.with_resources(run_trial, {"cpu": settings.cpus_per_trial, "gpu": settings.gpus_per_trial})
+    study_dir = settings.study_dir
+    if resume:
+        tuner = tune.Tuner.restore(
+            settings.trial_storage,
+            trainable=trainable,
+            resume_unfinished=True,
+            resume_errored=False,
+            restart_errored=False,
+        )
+        # Tune restores the sample count of the first run; a larger --num-samples extends the study.
+        restored_search_alg(tuner).num_samples = settings.num_samples
+        write_manifest(settings)
+        return tuner
+
+    import optuna
+
+    from study.sampler_plan import build_sampler, plan_sampler
+    from study.searcher import StudySearch, StudySearcher
+    from study.tracking import StudyTracker
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study_dir.mkdir(parents=True)
+    # The study's own copy, resolved: a later edit of a base the space extends does not change a resumed study.
+    header = f"The search space of study {settings.name!r}, resolved from {space.path} and its bases."
+    (study_dir / f"{settings.space}.toml").write_text(space.to_toml(header=header))
+    sampler_plan = plan_sampler(
+        settings.sampler, num_samples=settings.num_samples, num_params=len(space.params), max_concurrent=max_concurrent
+    )
+    print(f"sampler: {sampler_plan.header()}", flush=True)
+    searcher = StudySearcher(
+        space,
+        sampler=build_sampler(sampler_plan, settings.seed),
+        storage=optuna.storages.RDBStorage(settings.optuna_storage),
+        study_name=settings.name,
+    )
+    scheduler = make_scheduler(
+        settings.scheduler,
+        metrics=space.metrics,
+        modes=space.modes,
+        max_t=max_final_step(space),
+        study_dir=study_dir,
+    )
+    tracker = StudyTracker(
+        tracking_uri=settings.tracking_uri,
+        experiment_name=settings.experiment_name,
+        study_name=settings.name,
+        study_id=settings.study_id,
+        study_dir=study_dir,
+        metrics=space.metrics,
+        modes=space.modes,
+        scheduler=settings.scheduler,
+        params={
+            "space": settings.space,
+            **sampler_plan.params(),
+            "seed": settings.seed,
+            "num_samples": settings.num_samples,
+            "scheduler": settings.scheduler,
+            **{key: "|".join(map(str, space_values(space, key))) for key in ("dataset", "arch", "weights")},
+            "cpus_per_trial": settings.cpus_per_trial,
+            "gpus_per_trial": settings.gpus_per_trial,
+            "max_concurrent": max_concurrent,
+            "smoke": settings.smoke,
+            "objectives": ",".join(f"{m}:{mode}" for m, mode in zip(space.metrics, space.modes, strict=True)),
+        },
+        tags={**_versions(), "space": settings.space, "mlflow.note.content": space.description},
+        defaults=ExperimentConfig().to_flat(),
+    )
+    tuner = tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(
+            search_alg=StudySearch(searcher, max_concurrent=max_concurrent, num_samples=settings.num_samples),
+            scheduler=scheduler,
+            num_samples=settings.num_samples,
+            trial_name_creator=trial_name,
+            trial_dirname_creator=trial_dirname,
+            # A trial's process imports torch, zennit and torch-pruning and loads the data: seconds that a reused
+            # actor pays once per worker instead of once per trial.
+            reuse_actors=True,
+        ),
+        run_config=tune.RunConfig(
+            name=settings.name,
+            storage_path=settings.storage_path,
+            callbacks=[tracker],
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            failure_config=tune.FailureConfig(max_failures=settings.max_failures),
+            verbose=1,
+        ),
+    )
+    write_manifest(settings)  # last: a directory without it is not resumable, and says so
+    return tuner
+
+
+def summarize(settings: StudySettings, space: SearchSpace, *, seconds: float) -> int:
+    """Print the front and where to look; the exit status: 0 when every trial ended, 130 when interrupted."""
+    import optuna
+    import pandas as pd
+
+    from study.pareto import front_text
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.load_study(study_name=settings.name, storage=settings.optuna_storage)
+    states = [trial.state.name for trial in study.get_trials(deepcopy=False)]
+    counts = {state: states.count(state) for state in ("COMPLETE", "PRUNED", "FAIL", "RUNNING")}
+    interrupted = counts["RUNNING"] > 0 or len(states) < settings.num_samples
+    print()
+    print(
+        f"study {settings.name!r}: {len(states)} of {settings.num_samples} trials, {counts['COMPLETE']} complete, "
+        f"{counts['PRUNED']} pruned, {counts['FAIL']} failed, {counts['RUNNING']} unfinished ({seconds:.0f}s)"
+    )
+    front_csv = settings.study_dir / "pareto_front.csv"
+    front = pd.read_csv(front_csv) if front_csv.is_file() else pd.DataFrame()
+    objectives = ", ".join(f"{m} ({mode})" for m, mode in zip(space.metrics, space.modes, strict=True))
+    if len(front):
+        print(f"Pareto front over the completed trials' final values of {objectives}:")
+        print(front_text(front, front, space.metrics))
+    else:
+        print(f"no trial completed: no Pareto front of {objectives} yet")
+    store = settings.tracking_uri
+    print()
+    print(f"files:   {settings.study_dir}/pareto_front.{{csv,html,png}}, pareto_front_steps.csv")
+    print(
+        f"mlflow:  mlflow ui --backend-store-uri {store} --host 127.0.0.1   (experiment {settings.experiment_name!r})"
+    )
+    print(f"report:  python -m study.report --tracking-uri {store} --experiment-name {settings.experiment_name}")
+    if interrupted:
+        print(
+            f"resume:  python -m study.tune --name {settings.name} --storage-path {settings.storage_path} --resume",
+            file=sys.stderr,
+        )
+        return INTERRUPTED
+    return 0

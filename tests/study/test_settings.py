@@ -1,0 +1,132 @@
+"""study.settings and study.plan: flags checked in one place, normalised once, the same for a new study and its
+resume (no Ray; the study directory is laid out as the driver leaves it)."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+
+import pytest
+
+from study.plan import plan
+from study.settings import MANIFEST, StudySettings, UsageError, check_flags, write_manifest
+from study.tune import build_parser
+
+
+def args(*argv: str):
+    return build_parser().parse_args(list(argv))
+
+
+@pytest.fixture
+def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A working directory with a data directory, a weights file and a cache; relative flags point here."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    (tmp_path / "data").mkdir()
+    (tmp_path / "w.pt").write_bytes(b"")
+    return tmp_path
+
+
+FLAGS = (
+    "--storage-path", "runs", "--tracking-uri", "sqlite:///m.db", "--cache-dir", "cache", "--data-dir", "data",
+    "--weights", "w.pt", "--seed", "3", "--num-samples", "4", "--cpus-per-trial", "1", "--gpus-per-trial", "0",
+    "--max-failures", "2", "--scheduler", "asha", "--sampler", "random", "--experiment-name", "exp",
+)  # fmt: skip
+
+
+def start(*argv: str) -> tuple[StudySettings, object]:
+    """Plan a new study and leave its directory as the driver does (manifest, resolved space, tuner.pkl)."""
+    settings, space = plan(args("--space", "splora_lrp", *argv))
+    settings.study_dir.mkdir(parents=True)
+    original = space.path
+    (settings.study_dir / f"{settings.space}.toml").write_text(
+        dataclasses.replace(space, path=original).to_toml(header="test")
+    )
+    (settings.study_dir / "tuner.pkl").write_bytes(b"")
+    write_manifest(settings)
+    return settings, space
+
+
+def test_new_settings_are_normalised(workdir: Path) -> None:
+    settings, space = plan(args("--space", "splora_lrp", *FLAGS))
+    assert settings.storage_path == str(workdir / "runs") and settings.study_dir == workdir / "runs" / "splora_lrp"
+    assert settings.tracking_uri == f"sqlite:///{workdir / 'm.db'}"
+    assert (settings.cache_dir, settings.data_dir, settings.weights) == tuple(
+        str(workdir / name) for name in ("cache", "data", "w.pt")
+    )
+    assert (settings.gpus_per_trial, settings.max_failures, settings.seed) == (0.0, 2, 3)
+    assert isinstance(settings.gpus_per_trial, float)
+    assert space.fixed["weights"] == str(workdir / "w.pt") and space.fixed["threads"] == 1
+
+
+@pytest.mark.parametrize(
+    "again",
+    [
+        pytest.param(FLAGS, id="the same flags"),
+        pytest.param(("--storage-path", "runs", "--cache-dir", "cache"), id="only where the study is"),
+    ],
+)
+def test_resume_gives_the_settings_the_study_started_with(workdir: Path, again: tuple[str, ...]) -> None:
+    started, space = start(*FLAGS)
+    resumed, resumed_space = plan(args("--resume", "--space", "splora_lrp", *again))
+    assert resumed == started
+    assert dataclasses.replace(resumed_space, path=space.path) == space
+    # From another working directory, with absolute paths: the same study.
+    elsewhere = workdir / "elsewhere"
+    elsewhere.mkdir()
+    os.chdir(elsewhere)
+    absolute = [str(workdir / a) if a in ("runs", "cache", "data", "w.pt") else a for a in again]
+    absolute = [f"sqlite:///{workdir / 'm.db'}" if a == "sqlite:///m.db" else a for a in absolute]
+    assert plan(args("--resume", "--name", "splora_lrp", *absolute))[0] == started
+
+
+def test_resume_may_grow_the_study_and_nothing_else(workdir: Path) -> None:
+    started, _ = start(*FLAGS)
+    where = ("--resume", "--name", "splora_lrp", "--storage-path", "runs", "--cache-dir", "cache")
+    assert plan(args(*where, "--num-samples", "6"))[0] == dataclasses.replace(started, num_samples=6)
+    for flag, value, message in (
+        ("--num-samples", "3", "--num-samples 3 is below the study's 4; a study only grows"),
+        ("--seed", "4", "--seed 4 differs from the study's 3"),
+        ("--max-failures", "0", "--max-failures 0 differs from the study's 2"),
+        ("--tracking-uri", "sqlite:///other.db", "--tracking-uri sqlite:///"),
+        ("--space", "splora_grad", "--space splora_grad differs from the study's splora_lrp"),
+    ):
+        with pytest.raises(UsageError, match=message):
+            plan(args(*where, flag, value))
+
+
+def test_the_manifest_of_an_older_study_still_resumes(workdir: Path) -> None:
+    started, _ = start(*FLAGS)
+    manifest = started.study_dir / MANIFEST
+    manifest.write_text(manifest.read_text().replace(',\n  "max_failures": 2', ""))
+    assert "max_failures" not in manifest.read_text()
+    resumed, _ = plan(args("--resume", "--name", "splora_lrp", "--storage-path", "runs", "--cache-dir", "cache"))
+    assert resumed == dataclasses.replace(started, max_failures=0)
+
+
+def test_max_failures_defaults_by_where_the_driver_runs(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    local = ("--space", "splora_lrp", "--storage-path", "runs", "--cache-dir", "cache")
+    assert plan(args(*local))[0].max_failures == 0
+    assert plan(args(*local, "--address", "auto"))[0].max_failures == 3
+    monkeypatch.setenv("RAY_ADDRESS", "auto")
+    assert plan(args(*local))[0].max_failures == 3
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        ((), "--space is required"),
+        (("--space", "s", "--name", "a/b"), "--name 'a/b' is not allowed"),
+        (("--space", "s", "--num-samples", "0"), "--num-samples 0 is not allowed; allowed: an integer >= 1"),
+        (("--space", "s", "--max-failures", "-1"), "--max-failures -1 is not allowed; allowed: an integer >= 0"),
+        (("--space", "s", "--gpus-per-trial", "-1"), "--gpus-per-trial -1.0 is not allowed"),
+        (("--space", "s", "--weights", "missing.pt"), "--weights 'missing.pt' is not a file nor one of imagenet"),
+        (("--space", "s", "--data-dir", "nowhere"), "--data-dir 'nowhere' does not exist"),
+        (("--space", "s", "--tracking-uri", "mlruns"), "--tracking-uri 'mlruns': MLflow"),
+    ],
+)
+def test_every_flag_is_checked_in_one_place(workdir: Path, argv: tuple[str, ...], message: str) -> None:
+    with pytest.raises(UsageError, match=message):
+        check_flags(args(*argv))
