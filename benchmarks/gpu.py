@@ -1,19 +1,35 @@
-"""Training throughput of SPLoRA against full fine-tuning on a CUDA GPU, eager and with ``torch.compile``.
+"""Does a trial keep a CUDA GPU busy? Data path, model and end to end, SPLoRA against fine-tuning, side by side.
 
-Goal: on the hardware the paper's experiments need (ResNet-50 at 224 px), a SPLoRA training step must be no slower
-than a fine-tuning step (ratio >= 1): the frozen base conv needs no weight gradient, while the adapter adds two thin
-1x1 convs. The CPU benchmark ``adapter_step.py`` shows this at 32 px; this script checks it where the paper ran.
+Goals (an H100): end-to-end images/s >= 0.9 of model-only for the GPU-resident data path; SPLoRA >= 1.3x
+fine-tuning images/s; a paper-protocol CIFAR-10 trial (30 epochs, then 19 pruning steps of 20 recovery epochs)
+<= 20 minutes.
 
-Setting: ResNet-50 (7x7/2 stem), 102 classes (Flowers-102), random weights, batch 64 at 224 px of synthetic
-inputs already on the GPU (so the data pipeline does not count), SGD momentum 0.9, bf16 autocast, channels-last
-weights and inputs, cuDNN autotuning. SPLoRA rank 8 on every conv (``spa.adapters.add_splora``); fine-tuning learns
-every parameter. Variants are timed interleaved, round-robin in blocks of ``--steps`` steps (after ``--warmup``
-untimed steps each; compiled variants compile during their warm-up), so clock and thermal drift hit all alike.
-Throughput = images / second of the median block; ratios are SPLoRA's throughput over fine-tuning's (> 1: SPLoRA
-trains faster). Also prints the card's name and each variant's peak allocated memory.
+Two settings, both on CIFAR-10-shaped data generated in memory (random uint8 images and labels; no download):
+- ``cifar32``: ResNet-50 with the CIFAR stem at 32 px (the paper's CIFAR runs), batch ``--batch-32``;
+- ``r50_224``: ResNet-50 (7x7/2 stem) at 224 px, the same 32 px images upsampled, batch ``--batch-224``.
+Random weights, 10 classes, SGD momentum 0.9, bf16 autocast, channels-last, cuDNN autotuning; SPLoRA rank
+``--rank`` on every conv (``spa.adapters.add_splora``, the fused centre-tap conv of ``spa.fused``), fine-tuning
+learns every parameter. For each setting:
+- loader only (images/s onto the GPU, no model): the PIL ``DataLoader`` a trial uses today (``spa.data``'s
+  RandomCrop(32, padding=4) + flip + ToTensor + Normalize per image, + Resize(224) for ``r50_224``; pinned memory)
+  with 0 and ``--workers`` workers, and the GPU-resident ``spa.gpu_data.DeviceLoader`` (+ bilinear upsampling on
+  the GPU for ``r50_224``);
+- model only: training steps on one batch already on the GPU;
+- end to end: training steps fed by the GPU-resident loader, and by the PIL loader with ``--workers`` workers,
+  without a host sync per step (as ``spa.training.train_one_epoch`` on CUDA: the loss stays on the GPU);
+- peak allocated memory of each training variant.
+Variants are timed interleaved, round-robin in blocks of ``--steps`` batches (after ``--warmup`` untimed ones), so
+clock and thermal drift hit all alike; images/s is that of the median block. ``--compile`` adds
+``torch.compile``d model-only variants and reports their compile time.
 
-Last line: ``splora_over_finetune=.. splora_over_finetune_compiled=..`` (the second is ``nan`` with
-``--no-compile``). Without CUDA it prints one line to stderr and exits 2.
+The paper-protocol trial time is implied, not run: CIFAR-10's 45,000 training images (after the 10 % val split) x
+(30 + 19 x 20) epochs at the end-to-end SPLoRA images/s of ``cifar32`` with the GPU-resident path, plus a val and test
+pass (15,000 images) per step at ``EVAL_SPEEDUP`` x that rate; pruned networks get faster step by step, so it is an
+upper bound on the training part.
+
+Last line: ``end_to_end_over_model_only=.. splora_over_finetune=.. paper_trial_minutes=..`` (SPLoRA, ``cifar32``,
+GPU-resident; SPLoRA over fine-tuning end to end). Without CUDA it prints one line to stderr and exits 2; so does a
+non-CUDA ``--device``.
 """
 
 from __future__ import annotations
@@ -22,28 +38,47 @@ import argparse
 import statistics
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 
+import numpy as np
 import torch
+import torch.nn.functional as F
+from PIL import Image
 from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from torchvision import transforms as T
 
 from spa.adapters import add_splora, mark_trainable
-from spa.models import ARCHITECTURES, build_resnet
+from spa.data import IMAGENET_MEAN, IMAGENET_STD, DatasetInfo
+from spa.gpu_data import CROP_PADDING, Augmentation, DeviceLoader, DeviceSet
+from spa.models import build_resnet
+from spa.training import autocast
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the helpers shared by the scripts beside this one
+from _timing import last_line  # noqa: E402
+
+CIFAR10_TRAIN_IMAGES = 45_000  # 50,000 less the 10 % val split
+CIFAR10_EVAL_IMAGES = 15_000  # val 5,000 + test 10,000, evaluated after every step
+PAPER_EPOCHS, PAPER_STEPS, PAPER_RECOVERY_EPOCHS = 30, 19, 20
+EVAL_SPEEDUP = 3.0  # an inference image costs about a third of a training image (forward only)
+CLASSES = 10
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument(
-        "--arch", default="resnet50", choices=tuple(ARCHITECTURES), help="architecture (default: resnet50)"
-    )
-    parser.add_argument("--batch-size", type=int, default=64, help="images per step (default: 64)")
-    parser.add_argument("--size", type=int, default=224, help="input size in px (default: 224)")
-    parser.add_argument("--classes", type=int, default=102, help="head size (default: 102, Flowers-102)")
+    parser.add_argument("--arch", default="resnet50", help="architecture (default: resnet50)")
+    parser.add_argument("--batch-32", type=int, default=128, help="batch size at 32 px (default: 128)")
+    parser.add_argument("--batch-224", type=int, default=64, help="batch size at 224 px (default: 64)")
+    parser.add_argument("--settings", default="cifar32,r50_224", help="settings to run (default: cifar32,r50_224)")
     parser.add_argument("--rank", type=int, default=8, help="SPLoRA rank (default: 8)")
-    parser.add_argument("--steps", type=int, default=20, help="steps per timed block (default: 20)")
-    parser.add_argument("--rounds", type=int, default=5, help="timed blocks per variant (default: 5)")
-    parser.add_argument("--warmup", type=int, default=10, help="untimed steps per variant first (default: 10)")
-    parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile variants (default: off)")
+    parser.add_argument("--images", type=int, default=10_000, help="synthetic training images (default: 10000)")
+    parser.add_argument("--workers", type=int, default=4, help="DataLoader workers of the PIL path (default: 4)")
+    parser.add_argument("--steps", type=int, default=15, help="batches per timed block (default: 15)")
+    parser.add_argument("--rounds", type=int, default=3, help="timed blocks per variant (default: 3)")
+    parser.add_argument("--warmup", type=int, default=5, help="untimed batches per variant first (default: 5)")
+    parser.add_argument("--compile", action="store_true", help="add torch.compile'd model-only variants (default: off)")
     parser.add_argument("--device", default="cuda", help="CUDA device (default: cuda)")
     return parser
 
@@ -56,30 +91,98 @@ def throughput(images: int, seconds: Sequence[float]) -> float:
     return images / statistics.median(seconds)
 
 
-def throughput_ratios(images_per_second: dict[str, float]) -> dict[str, float]:
-    """``splora_over_finetune`` (eager) and ``splora_over_finetune_compiled`` (NaN when not measured)."""
-
-    def ratio(splora: str, finetune: str) -> float:
-        if splora in images_per_second and finetune in images_per_second:
-            return images_per_second[splora] / images_per_second[finetune]
-        return float("nan")
-
-    return {
-        "splora_over_finetune": ratio("splora", "finetune"),
-        "splora_over_finetune_compiled": ratio("splora_compiled", "finetune_compiled"),
-    }
+def paper_trial_minutes(train_images_per_second: float) -> float:
+    """Minutes of a paper-protocol CIFAR-10 trial at a training rate (eval passes at ``EVAL_SPEEDUP`` x it)."""
+    epochs = PAPER_EPOCHS + PAPER_STEPS * PAPER_RECOVERY_EPOCHS
+    train = CIFAR10_TRAIN_IMAGES * epochs / train_images_per_second
+    evaluation = CIFAR10_EVAL_IMAGES * (PAPER_STEPS + 1) / (EVAL_SPEEDUP * train_images_per_second)
+    return (train + evaluation) / 60
 
 
-def last_line(values: dict[str, float], digits: int = 2) -> str:
-    """``name=value`` pairs separated by single spaces, values rounded to ``digits`` decimals."""
-    return " ".join(f"{name}={value:.{digits}f}" for name, value in values.items())
+# --- data --------------------------------------------------------------------------------------------------------
 
 
-# --- the timed steps ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Setting:
+    name: str
+    size: int
+    cifar_stem: bool
+    batch_size: int
 
 
-def build_model(arch: str, classes: int, learner: str, rank: int, device: torch.device) -> nn.Module:
-    model = build_resnet(arch, classes)
+def synthetic_cifar(count: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """CIFAR-10-shaped data as torchvision holds it: images (N, 32, 32, 3) uint8, labels (N,) int64."""
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 256, (count, 32, 32, 3), dtype=np.uint8), rng.integers(0, CLASSES, count)
+
+
+class _PILSet(Dataset):
+    """Per-image PIL transforms, as a torchvision CIFAR10 wrapped by ``spa.data`` runs them."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, transform: Callable) -> None:
+        self.images, self.labels, self.transform = images, labels, transform
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        return self.transform(Image.fromarray(self.images[index])), int(self.labels[index])
+
+
+def _forever(make: Callable[[], Iterator]) -> Iterator:
+    while True:
+        yield from make()
+
+
+def pil_batches(
+    images: np.ndarray, labels: np.ndarray, setting: Setting, workers: int, device: torch.device
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    resize = [T.Resize(setting.size)] if setting.size != 32 else []
+    transform = T.Compose(
+        [
+            T.RandomCrop(32, padding=CROP_PADDING),
+            T.RandomHorizontalFlip(),
+            *resize,
+            T.ToTensor(),
+            T.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+        ]
+    )
+    loader = DataLoader(
+        _PILSet(images, labels, transform),
+        batch_size=setting.batch_size,
+        shuffle=True,
+        drop_last=True,
+        num_workers=workers,
+        pin_memory=device.type == "cuda",
+        persistent_workers=workers > 0,
+    )
+    for x, y in _forever(lambda: iter(loader)):
+        x = x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+        yield x, y.to(device, non_blocking=True)
+
+
+def device_batches(
+    images: np.ndarray, labels: np.ndarray, setting: Setting, device: torch.device
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    data = DeviceSet(
+        torch.from_numpy(images).permute(0, 3, 1, 2).contiguous().to(device), torch.from_numpy(labels).to(device)
+    )
+    info = DatasetInfo("cifar10", CLASSES, (3, 32, 32), cifar_stem=True)
+    loader = DeviceLoader(
+        data, batch_size=setting.batch_size, info=info, shuffle=True, augmentation=Augmentation(CROP_PADDING, True)
+    )
+    for x, y in _forever(lambda: iter(loader)):
+        if setting.size != 32:
+            x = F.interpolate(x, size=(setting.size, setting.size), mode="bilinear", align_corners=False)
+            x = x.contiguous(memory_format=torch.channels_last)
+        yield x, y
+
+
+# --- the timed calls ---------------------------------------------------------------------------------------------
+
+
+def build_model(arch: str, setting: Setting, learner: str, rank: int, device: torch.device) -> nn.Module:
+    model = build_resnet(arch, CLASSES, cifar_stem=setting.cifar_stem)
     if learner == "splora":
         add_splora(model, rank, 1e-4)
     else:
@@ -87,19 +190,142 @@ def build_model(arch: str, classes: int, learner: str, rank: int, device: torch.
     return model.to(device, memory_format=torch.channels_last).train()
 
 
-def make_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, compiled: bool) -> Callable[[], None]:
+def training_block(
+    model: nn.Module, batches: Iterator[tuple[torch.Tensor, torch.Tensor]], steps: int, device: torch.device
+) -> Callable[[], None]:
+    """``steps`` training steps on ``batches``; the loss is summed on the device (no host sync per step)."""
     optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-3, momentum=0.9)
     loss_fn = nn.CrossEntropyLoss()
-    forward = torch.compile(model) if compiled else model
+    total = torch.zeros((), device=device)
 
-    def step() -> None:
-        optimizer.zero_grad(set_to_none=True)
-        with torch.autocast("cuda", dtype=torch.bfloat16):
-            loss = loss_fn(forward(x), y)
-        loss.backward()
-        optimizer.step()
+    def block() -> None:
+        nonlocal total
+        for _ in range(steps):
+            x, y = next(batches)
+            optimizer.zero_grad(set_to_none=True)
+            with autocast(device, bf16=True):
+                loss = loss_fn(model(x), y)
+            loss.backward()
+            optimizer.step()
+            total = total + loss.detach().float()
 
-    return step
+    return block
+
+
+def loader_block(batches: Iterator[tuple[torch.Tensor, torch.Tensor]], steps: int) -> Callable[[], None]:
+    def block() -> None:
+        for _ in range(steps):
+            next(batches)
+
+    return block
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_blocks(
+    blocks: dict[str, Callable[[], None]], rounds: int, warmup: Callable[[str], None], device: torch.device
+) -> tuple[dict[str, list[float]], dict[str, int]]:
+    """Seconds per block of each variant (round-robin) and its peak allocated bytes (0 off CUDA)."""
+    for name in blocks:
+        warmup(name)
+    _synchronize(device)
+    times: dict[str, list[float]] = {name: [] for name in blocks}
+    peak = dict.fromkeys(blocks, 0)
+    for _ in range(rounds):
+        for name, block in blocks.items():
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
+            _synchronize(device)
+            started = time.perf_counter()
+            block()
+            _synchronize(device)
+            times[name].append(time.perf_counter() - started)
+            if device.type == "cuda":
+                peak[name] = max(peak[name], torch.cuda.max_memory_allocated(device))
+    return times, peak
+
+
+def measure_setting(
+    setting: Setting,
+    *,
+    arch: str,
+    rank: int,
+    images: int,
+    workers: int,
+    steps: int,
+    rounds: int,
+    warmup: int,
+    compile_models: bool,
+    device: torch.device,
+    log: Callable[[str], None] = print,
+) -> dict[str, float]:
+    """Images/s of every variant of one setting (names as printed), and ``peak_GiB:<variant>`` entries."""
+    torch.manual_seed(0)
+    data, labels = synthetic_cifar(images)
+    batch = setting.batch_size
+    feeds = {
+        "loader_pil_w0": pil_batches(data, labels, setting, 0, device),
+        f"loader_pil_w{workers}": pil_batches(data, labels, setting, workers, device),
+        "loader_gpu_resident": device_batches(data, labels, setting, device),
+    }
+    blocks: dict[str, Callable[[], None]] = {name: loader_block(feed, steps) for name, feed in feeds.items()}
+    fixed = next(device_batches(data, labels, setting, device))  # model only: one batch, already on the device
+
+    def repeat(batch_on_device: tuple[torch.Tensor, torch.Tensor]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        while True:
+            yield batch_on_device
+
+    compile_seconds: dict[str, float] = {}
+    for learner in ("finetune", "splora"):
+        model = build_model(arch, setting, learner, rank, device)
+        blocks[f"model_only_{learner}"] = training_block(model, repeat(fixed), steps, device)
+        blocks[f"end_to_end_gpu_resident_{learner}"] = training_block(
+            model, device_batches(data, labels, setting, device), steps, device
+        )
+        blocks[f"end_to_end_pil_w{workers}_{learner}"] = training_block(
+            model, pil_batches(data, labels, setting, workers, device), steps, device
+        )
+        if compile_models:
+            compiled = torch.compile(build_model(arch, setting, learner, rank, device))
+            started = time.perf_counter()
+            training_block(compiled, repeat(fixed), 1, device)()  # compiles forward and backward
+            _synchronize(device)
+            compile_seconds[learner] = time.perf_counter() - started
+            log(f"{setting.name}: torch.compile of {learner} took {compile_seconds[learner]:.1f} s")
+            blocks[f"model_only_{learner}_compiled"] = training_block(compiled, repeat(fixed), steps, device)
+
+    def warm(name: str) -> None:
+        started = time.perf_counter()
+        for _ in range(max(1, -(-warmup // steps))):
+            blocks[name]()
+        _synchronize(device)
+        log(f"{setting.name}: warm-up {name} {time.perf_counter() - started:.1f} s")
+
+    times, peak = time_blocks(blocks, rounds, warm, device)
+    rates: dict[str, float] = {}
+    for name, values in times.items():
+        rates[name] = throughput(batch * steps, values)
+        memory = f", peak {peak[name] / 2**30:.2f} GiB" if peak[name] else ""
+        log(
+            f"{setting.name}: {name:>32} {rates[name]:9.1f} images/s (max/min block {max(values) / min(values):.2f})"
+            f"{memory}"
+        )
+    rates.update({f"peak_GiB:{name}": peak[name] / 2**30 for name in times})
+    rates.update({f"compile_s:{learner}": seconds for learner, seconds in compile_seconds.items()})
+    return rates
+
+
+def summary(rates: dict[str, float]) -> dict[str, float]:
+    """The last line's figures from the ``cifar32`` rates."""
+    splora = rates["end_to_end_gpu_resident_splora"]
+    return {
+        "end_to_end_over_model_only": splora / rates["model_only_splora"],
+        "splora_over_finetune": splora / rates["end_to_end_gpu_resident_finetune"],
+        "paper_trial_minutes": paper_trial_minutes(splora),
+    }
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -108,48 +334,44 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("gpu.py needs a CUDA GPU, and torch.cuda.is_available() is False on this machine", file=sys.stderr)
         return 2
     device = torch.device(args.device)
+    if device.type != "cuda":
+        print(f"gpu.py measures a CUDA device; --device {args.device} is not one (use cuda or cuda:N)", file=sys.stderr)
+        return 2
     torch.backends.cudnn.benchmark = True
-    torch.manual_seed(0)
-    x = torch.randn(args.batch_size, 3, args.size, args.size, device=device)  # (B, 3, H, W)
-    x = x.contiguous(memory_format=torch.channels_last)
-    y = torch.randint(0, args.classes, (args.batch_size,), device=device)
-    variants = [("finetune", False), ("splora", False)]
-    if not args.no_compile:
-        variants += [("finetune", True), ("splora", True)]
-    steps: dict[str, Callable[[], None]] = {}
-    for learner, compiled in variants:
-        model = build_model(args.arch, args.classes, learner, args.rank, device)
-        steps[learner + ("_compiled" if compiled else "")] = make_step(model, x, y, compiled)
+    settings = {
+        "cifar32": Setting("cifar32", 32, True, args.batch_32),
+        "r50_224": Setting("r50_224", 224, False, args.batch_224),
+    }
+    chosen = [name.strip() for name in args.settings.split(",") if name.strip()]
+    unknown = [name for name in chosen if name not in settings]
+    if unknown or "cifar32" not in chosen:
+        print(f"--settings {args.settings!r}: allowed cifar32 (required), r50_224", file=sys.stderr)
+        return 2
     print(f"card: {torch.cuda.get_device_name(device)}; torch {torch.__version__}", flush=True)
-    print(
-        f"{args.arch}, batch {args.batch_size} at {args.size} px, bf16 autocast, channels-last, SPLoRA rank "
-        f"{args.rank}; {args.rounds} blocks of {args.steps} steps per variant, round-robin",
-        flush=True,
-    )
-    for name, step in steps.items():
-        started = time.perf_counter()
-        for _ in range(args.warmup):
-            step()
-        torch.cuda.synchronize(device)
-        print(f"warm-up {name}: {time.perf_counter() - started:.1f} s", flush=True)
-    times: dict[str, list[float]] = {name: [] for name in steps}
-    peak: dict[str, int] = dict.fromkeys(steps, 0)
-    for _ in range(args.rounds):
-        for name, step in steps.items():
-            torch.cuda.reset_peak_memory_stats(device)
-            torch.cuda.synchronize(device)
-            started = time.perf_counter()
-            for _ in range(args.steps):
-                step()
-            torch.cuda.synchronize(device)
-            times[name].append(time.perf_counter() - started)
-            peak[name] = max(peak[name], torch.cuda.max_memory_allocated(device))
-    images = args.batch_size * args.steps
-    rates = {name: throughput(images, values) for name, values in times.items()}
-    for name, rate in rates.items():
-        spread = max(times[name]) / min(times[name])
-        print(f"{name:>18}: {rate:8.1f} images/s (max/min block {spread:.2f}), peak {peak[name] / 2**30:.1f} GiB")
-    print(last_line(throughput_ratios(rates)))
+    results: dict[str, dict[str, float]] = {}
+    for name in chosen:
+        setting = settings[name]
+        print(
+            f"{name}: {args.arch} at {setting.size} px, batch {setting.batch_size}, bf16, channels-last, SPLoRA "
+            f"rank {args.rank}; {args.rounds} blocks of {args.steps} batches per variant, round-robin",
+            flush=True,
+        )
+        results[name] = measure_setting(
+            setting,
+            arch=args.arch,
+            rank=args.rank,
+            images=args.images,
+            workers=args.workers,
+            steps=args.steps,
+            rounds=args.rounds,
+            warmup=args.warmup,
+            compile_models=args.compile,
+            device=device,
+            log=lambda message: print(message, flush=True),
+        )
+        figures = summary(results[name])
+        print(f"{name}: " + last_line(figures), flush=True)
+    print(last_line(summary(results["cifar32"])))
     return 0
 
 

@@ -2,9 +2,10 @@
 
 The update dW = B @ A sits at the kernel's centre tap. For a k x k convolution with padding k // 2 that is the
 same as a 1 x 1 convolution of the same stride on the same input, so the adapter runs as its own two-conv path:
-the frozen base conv then needs no weight gradient, and W + dW is never materialised while training
-(the original research package builds W + dW every forward, which made its step slower than full fine-tuning;
-see docs/METHOD.md).
+the frozen base conv then needs no weight gradient (the original research package builds W + dW every forward and
+backpropagates through it, which made its step slower than full fine-tuning; see docs/METHOD.md). While training a
+frozen base, ``SPLoRAConv2d`` runs one conv with W + dW instead, whose backward computes the input gradient and only
+the centre tap's 1x1 weight gradient (``spa.fused``): the same outputs and gradients, fewer passes.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from collections.abc import Callable, Iterable
 import torch
 from torch import nn
 
+from spa import fused
 from spa.config import LEARNERS
 from spa.validation import is_finite_number, is_int
 
@@ -120,6 +122,11 @@ class SPLoRAConv2d(_SPLoRALayer):
     @property
     def out_channels(self) -> int:
         return self.base_layer.out_channels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if fused.applies(self):  # training with a frozen base: one conv with W + dW (spa/fused.py), same result
+            return fused.centre_tap_conv2d(x, self.base_layer, self.lora_a.weight, self.lora_b.weight)
+        return super().forward(x)
 
     def get_delta_weight(self) -> torch.Tensor:
         """The update as a full kernel: B @ A at the centre tap, zero elsewhere. Shape (out, in, k, k)."""

@@ -23,10 +23,11 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from spa import adapters, counting
+from spa import adapters, counting, gpu_data
 from spa.checkpoint import load_checkpoint, resize_to, save_checkpoint
 from spa.config import PRETRAINED_DIGITS, ExperimentConfig, RuntimeConfig
 from spa.criteria import score_channels
+from spa.cuda_only import check_cuda_only
 from spa.data import Loaders, load_splits, make_loaders, score_loader
 from spa.metrics import EXTRA_METRIC_NAMES, METRIC_NAMES
 from spa.models import build_resnet
@@ -61,6 +62,9 @@ __all__ = [
 ]
 
 
+# The training samples in order with eval transforms: a DataLoader, or on CUDA the device-resident one.
+ScoringLoader = DataLoader | gpu_data.DeviceLoader
+
 # report(metrics, checkpoint_dir): checkpoint_dir holds checkpoint.pt of this step, or is None.
 Report = Callable[[dict[str, float], "str | None"], None]
 
@@ -72,7 +76,7 @@ class _Setting:
     config: ExperimentConfig
     device: torch.device
     loaders: Loaders
-    scoring_loader: DataLoader
+    scoring_loader: ScoringLoader
     reference_channels: int  # conv output channels of the unpruned network: density's denominator
     checkpoints: Path
     report: Report | None
@@ -103,6 +107,7 @@ def run_experiment(
     ``resume_from`` is such a directory: the experiment continues with the next step and repeats no work.
     """
     device = resolve_device(config.runtime.device)
+    check_cuda_only(device, bf16=config.runtime.bf16)  # bf16 autocast exists on CUDA only: say so, not run fp32
     densities = pruning_densities(config)
     _prepare_runtime(config.runtime)
     loaders, scoring_loader = _load_data(config, device)
@@ -149,11 +154,13 @@ def _prepare_runtime(runtime: RuntimeConfig) -> None:
     seed_everything(runtime.seed)
 
 
-def _load_data(config: ExperimentConfig, device: torch.device) -> tuple[Loaders, DataLoader]:
+def _load_data(config: ExperimentConfig, device: torch.device) -> tuple[Loaders, ScoringLoader]:
     data, seed = config.data, config.runtime.seed
     splits = load_splits(
         data.dataset, data_dir=data.data_dir, download=data.download, val_fraction=data.val_fraction, seed=seed
     )
+    if device.type == "cuda" and data.dataset in gpu_data.SUPPORTED:  # held and augmented on the GPU
+        return gpu_data.device_loaders(splits, batch_size=data.batch_size, seed=seed, device=device)
     loaders = make_loaders(
         splits, batch_size=data.batch_size, num_workers=data.num_workers, seed=seed, pin_memory=device.type == "cuda"
     )

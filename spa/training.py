@@ -17,8 +17,10 @@ import torch
 from torch import nn
 
 from spa.config import LR_SCHEDULES, OPTIMIZERS, ConfigError
+from spa.validation import is_int
 
 __all__ = [
+    "CHECK_EVERY",
     "NonFiniteLossError",
     "seed_everything",
     "phase_seed",
@@ -33,6 +35,9 @@ __all__ = [
 
 class NonFiniteLossError(FloatingPointError):
     """Training diverged: the loss became NaN or infinite. Raised instead of reporting garbage."""
+
+
+CHECK_EVERY = 50  # batches between divergence checks on CUDA: one host sync per 50 steps costs nothing measurable
 
 
 def seed_everything(seed: int) -> None:
@@ -125,25 +130,50 @@ def train_one_epoch(
     *,
     seed: int,
     bf16: bool = False,
+    check_every: int | None = None,
 ) -> float:
-    """One pass over ``loader``; returns the mean training loss. Raises ``NonFiniteLossError`` on divergence."""
+    """One pass over ``loader``; returns the mean training loss. Raises ``NonFiniteLossError`` on divergence.
+
+    The loss is summed on the device and read by the host every ``check_every`` batches and at the end of the
+    epoch, always before returning. Each read is a host-device sync: on a GPU it waits for the whole step, so the
+    host cannot queue the next one. ``None`` (the default) reads every batch on the CPU, where a read costs nothing,
+    and every ``CHECK_EVERY`` batches on CUDA. A sum over batches is non-finite as soon as one loss was (NaN and
+    infinity propagate through addition), so divergence is still caught: at most ``check_every - 1`` further steps
+    run on a diverged model, and the epoch raises before the experiment evaluates or checkpoints that step. A read
+    comes before its batch's optimizer step, so with ``check_every=1`` a diverged batch never updates the model.
+    """
+    if check_every is None:
+        check_every = CHECK_EVERY if device.type == "cuda" else 1
+    if not (is_int(check_every) and check_every >= 1):
+        raise ConfigError.not_allowed("check_every", check_every, "an integer >= 1")
     _reseed(loader, seed)
     model.train()
     loss_fn = nn.CrossEntropyLoss()
-    total, count = 0.0, 0
+    total = torch.zeros((), dtype=torch.float64, device=device)  # sum of loss * batch size, on the device
+    count, checked, batch_index = 0, 0, -1
     for batch_index, (images, labels) in enumerate(loader):
         images, labels = _to_device(images, labels, device)
         with autocast(device, bf16):
             loss = loss_fn(model(images), labels)
-        value = loss.item()
-        if not math.isfinite(value):
-            raise NonFiniteLossError(f"training loss became {value} at batch {batch_index}; lower the learning rate")
+        total += loss.detach().double() * labels.shape[0]  # no .item(): stays queued on the device
+        count += labels.shape[0]
+        if (batch_index + 1) % check_every == 0:
+            _check_finite(total, checked, batch_index)
+            checked = batch_index + 1
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        total += value * labels.numel()
-        count += labels.numel()
-    return total / max(count, 1)
+    if checked <= batch_index:
+        _check_finite(total, checked, batch_index)
+    return total.item() / max(count, 1)
+
+
+def _check_finite(total: torch.Tensor, first: int, last: int) -> None:
+    """Raise ``NonFiniteLossError`` when the loss sum (through batch ``last``) is not finite: one host sync."""
+    value = total.item()
+    if not math.isfinite(value):
+        batches = f"at batch {last}" if first == last else f"between batches {first} and {last}"
+        raise NonFiniteLossError(f"training loss became {value} {batches}; lower the learning rate")
 
 
 def evaluate(model: nn.Module, loader: Iterable[tuple[torch.Tensor, torch.Tensor]], device: torch.device) -> float:

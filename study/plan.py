@@ -9,6 +9,7 @@ import os
 from typing import Any
 
 from spa.config import ExperimentConfig
+from study.schedulers import STOPPING
 from study.settings import (
     SMOKE_BUDGET,
     StudySettings,
@@ -42,8 +43,10 @@ def plan(args: argparse.Namespace) -> tuple[StudySettings, SearchSpace]:
                 "pass --resume to continue it, or another --name"
             )
     space = space.with_overrides(overrides(settings, space))
-    if settings.scheduler == "asha" and max_final_step(space) < 1:
-        raise UsageError("--scheduler asha stops trials at pruning steps, but this space prunes no step")
+    if settings.scheduler in STOPPING and max_final_step(space) < 1:
+        raise UsageError(
+            f"--scheduler {settings.scheduler} stops trials at pruning steps, but this space prunes no step"
+        )
     _check_datasets(space)
     return settings, space
 
@@ -76,7 +79,7 @@ def space_values(space: SearchSpace, key: str) -> list[Any]:
 
 
 def max_final_step(space: SearchSpace) -> int:
-    """The last pruning step any trial can reach (ASHA's max_t)."""
+    """The last pruning step any trial can reach (the max_t of the schedulers that stop trials)."""
     densities = space_values(space, "densities")
     if any(value is not None for value in densities):
         return max(len(value) for value in densities if value is not None)

@@ -136,7 +136,8 @@ def build_tuner(settings: StudySettings, space: SearchSpace, max_concurrent: int
 
     import optuna
 
-    from study.searcher import StudySearch, StudySearcher, make_sampler
+    from study.sampler_plan import build_sampler, plan_sampler
+    from study.searcher import StudySearch, StudySearcher
     from study.tracking import StudyTracker
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -144,14 +145,22 @@ def build_tuner(settings: StudySettings, space: SearchSpace, max_concurrent: int
     # The study's own copy, resolved: a later edit of a base the space extends does not change a resumed study.
     header = f"The search space of study {settings.name!r}, resolved from {space.path} and its bases."
     (study_dir / f"{settings.space}.toml").write_text(space.to_toml(header=header))
+    sampler_plan = plan_sampler(
+        settings.sampler, num_samples=settings.num_samples, num_params=len(space.params), max_concurrent=max_concurrent
+    )
+    print(f"sampler: {sampler_plan.header()}", flush=True)
     searcher = StudySearcher(
         space,
-        sampler=make_sampler(settings.sampler, settings.seed),
+        sampler=build_sampler(sampler_plan, settings.seed),
         storage=optuna.storages.RDBStorage(settings.optuna_storage),
         study_name=settings.name,
     )
     scheduler = make_scheduler(
-        settings.scheduler, metric=space.metrics[0], mode=space.modes[0], max_step=max_final_step(space)
+        settings.scheduler,
+        metrics=space.metrics,
+        modes=space.modes,
+        max_t=max_final_step(space),
+        study_dir=study_dir,
     )
     tracker = StudyTracker(
         tracking_uri=settings.tracking_uri,
@@ -164,7 +173,7 @@ def build_tuner(settings: StudySettings, space: SearchSpace, max_concurrent: int
         scheduler=settings.scheduler,
         params={
             "space": settings.space,
-            "sampler": settings.sampler,
+            **sampler_plan.params(),
             "seed": settings.seed,
             "num_samples": settings.num_samples,
             "scheduler": settings.scheduler,

@@ -19,6 +19,7 @@ from typing import Any
 from spa.config import NAMED_WEIGHTS
 from spa.files import write_atomically
 from study.names import DEFAULT_TRACKING_URI
+from study.sampler_plan import SAMPLER_NAMES as SAMPLERS
 from study.schedulers import SCHEDULERS
 
 __all__ = [
@@ -45,7 +46,6 @@ SMOKE_NUM_SAMPLES = 2
 # The smallest budget that still trains, prunes once, recovers and measures.
 SMOKE_BUDGET = {"epochs": 1, "recovery_epochs": 1, "steps": 1, "max_score_batches": 2, "batch_size": 64}
 DEFAULT_STORAGE_PATH = "ray_results"
-SAMPLERS = ("tpe", "nsga2", "random")  # study.searcher.make_sampler builds each
 MANIFEST = "study.json"
 # Retries of a failed trial unless --max-failures says: on a cluster a node can die under a trial, locally not.
 DEFAULT_MAX_FAILURES_CLUSTER, DEFAULT_MAX_FAILURES_LOCAL = 3, 0

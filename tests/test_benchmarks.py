@@ -18,7 +18,7 @@ import pytest
 import torch
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
-SCRIPTS = ("adapter_step", "pruned_inference", "criteria_cost", "claim", "gpu")
+SCRIPTS = ("adapter_step", "pruned_inference", "criteria_cost", "claim", "gpu", "harness_scale")
 
 
 def load(name: str) -> ModuleType:
@@ -241,10 +241,50 @@ def test_criteria_cost_ratios() -> None:
 def test_gpu_throughput_helpers() -> None:
     gpu = load("gpu")
     assert gpu.throughput(640, [2.0, 1.0, 4.0]) == pytest.approx(320.0)
-    ratios = gpu.throughput_ratios({"finetune": 100.0, "splora": 125.0})
-    assert ratios["splora_over_finetune"] == pytest.approx(1.25)
-    assert math.isnan(ratios["splora_over_finetune_compiled"])
-    assert gpu.last_line(ratios) == "splora_over_finetune=1.25 splora_over_finetune_compiled=nan"
+    # 45,000 images x 410 epochs at 15,375 images/s = 20 min, plus 20 eval passes of 15,000 at 3x the rate.
+    assert gpu.paper_trial_minutes(15_375.0) == pytest.approx(20.0 + 20 * 15_000 / (3 * 15_375.0) / 60)
+    rates = {
+        "end_to_end_gpu_resident_splora": 900.0,
+        "model_only_splora": 1000.0,
+        "end_to_end_gpu_resident_finetune": 600.0,
+    }
+    figures = gpu.summary(rates)
+    assert figures["end_to_end_over_model_only"] == pytest.approx(0.9)
+    assert figures["splora_over_finetune"] == pytest.approx(1.5)
+    assert gpu.last_line(figures).startswith("end_to_end_over_model_only=0.90 splora_over_finetune=1.50 ")
+
+
+def test_gpu_measurement_runs_on_cpu_tensors() -> None:
+    """Every code path of gpu.py's measurement, at toy size on the CPU (main refuses without CUDA)."""
+    gpu = load("gpu")
+    setting = gpu.Setting("cifar32", 32, True, 2)
+    rates = gpu.measure_setting(
+        setting,
+        arch="resnet18",
+        rank=2,
+        images=8,
+        workers=0,
+        steps=1,
+        rounds=1,
+        warmup=1,
+        compile_models=False,
+        device=torch.device("cpu"),
+        log=lambda message: None,
+    )
+    for name in ("loader_pil_w0", "loader_gpu_resident", "model_only_splora", "end_to_end_gpu_resident_finetune"):
+        assert rates[name] > 0, name
+    assert set(gpu.summary(rates)) == {"end_to_end_over_model_only", "splora_over_finetune", "paper_trial_minutes"}
+
+
+def test_harness_scale_helpers() -> None:
+    scale = load("harness_scale")
+    points = scale.synthetic_points(800)
+    assert len(points) == 800 and points["step"].max() == 18
+    assert points["val_accuracy"].duplicated().any()  # ties, as rounded accuracies give
+    from study.pareto import front_frame
+
+    assert front_frame(points, scale.METRICS, scale.MODES).equals(scale.pairwise_front_frame(points))
+    assert scale.book_add_seconds(points, last=100) > 0
 
 
 # --- command lines ------------------------------------------------------------------------------------------------
