@@ -12,9 +12,11 @@ themselves; one job each, imports going down this list only (commands are import
 - ``settings``: ``StudySettings``, every flag checked and normalised once, for a new study and its resume alike;
 - ``snapshots``: the Tune callback that snapshots the driver's state as trials start, report and end, over
   ``driver_state``: consistent (SQLite online backup), atomic snapshots beside the trials (``pyarrow.fs``), restored;
-- ``tracking``: the MLflow callback (the only MLflow writer); ``front``: the front book it keeps;
+- ``tracking``: the MLflow callback (the only MLflow writer); ``front``: the front book it keeps (fronts kept
+  incrementally, files written off the event loop);
   ``records``: a study read back from MLflow (the points table), for the callback's resume and for ``report``;
-- ``searcher`` (Optuna through Tune), ``schedulers`` (by name), ``trainable`` (one experiment per trial; with
+- ``searcher`` (Optuna through Tune) over ``sampler_plan`` (samplers sized to the budget), ``schedulers`` (by name:
+  fifo, asha, moasha) over ``moasha`` (multi-objective ASHA), ``trainable`` (one experiment per trial; with
   ``preflight``'s weights check, the only code here that imports torch), ``ray_internals`` (every private Ray
   attribute used, in one place);
 - ``spaces`` (``SearchSpace``, validated) over ``space_files`` (files, ``extends``); ``pareto`` (fronts computed,

@@ -1,29 +1,187 @@
-"""The front book of a running study: every point trials reported, each completed trial's final point, and which
-trials are on the Pareto front; it writes the front files. Plain data: no MLflow, Ray or torch (``study.tracking``
-tells it what happened and records what it says in MLflow).
+"""The front book of a running study: every point trials reported, each completed trial's final point, and the two
+Pareto fronts over them, kept incrementally; it writes the front files. Plain data: no MLflow, Ray or torch
+(``study.tracking`` tells it what happened and records what it says in MLflow).
 
 Two fronts are kept: over the completed trials' final values (``pareto_front.csv/.html/.png``; membership is the
 ``pareto`` tag of a trial's run) and over every measured (trial, pruning step) point (``pareto_front_steps.csv``).
+A point or a final that breaks the space's constraints (``feasible=False``) is kept in the book but enters neither.
+
+``ParetoFront`` is the incremental front under both: points arrive one at a time and the front is kept current, so a
+trial's end costs O(log n + k) rather than a recomputation over every point (``study.pareto.pareto_mask``). For two
+objectives the front is kept sorted by the first loss (so the second loss falls along it), a binary search finds the
+one member that could dominate the new point, and the members it dominates are one contiguous run after it. Other
+numbers of objectives scan the front: O(front * m). Same rules as ``pareto_mask``: a point with a NaN objective is
+never on the front and dominates nothing; equal points are both kept. A key added again with other values, or
+discarded, rebuilds the front from the points it holds (a point leaving can bring back points it dominated).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import bisect
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
+from study.names import MODES
 
-from study.pareto import front_frame, write_front_csv, write_front_html, write_front_png
-from study.records import points_frame
+__all__ = [
+    "FRONT_FILES",
+    "WRITE_INTERVAL_S",
+    "FrontBook",
+    "FrontChange",
+    "FrontSnapshot",
+    "FrontWriter",
+    "ParetoFront",
+    "write_front_files",
+]
 
-__all__ = ["FRONT_FILES", "FrontBook"]
+logger = logging.getLogger(__name__)
 
 FRONT_FILES = ("pareto_front.csv", "pareto_front.html", "pareto_front.png", "pareto_front_steps.csv")
+# The front files are rewritten at most this often while a study runs (and always once at its end): drawing the HTML
+# and PNG of a large study takes seconds, which the driver's event loop must not wait for at every trial end.
+WRITE_INTERVAL_S = 5.0
+
+
+@dataclass(frozen=True)
+class FrontChange:
+    """What one ``add`` or ``discard`` did to the front: whether the point is on it, and the keys it pushed off."""
+
+    joined: bool
+    left: tuple[Hashable, ...] = ()
+
+
+class ParetoFront:
+    """The current Pareto front of the points added so far; see the module docstring."""
+
+    def __init__(self, modes: Sequence[str]) -> None:
+        bad = [mode for mode in modes if mode not in MODES]
+        if not modes or bad:
+            raise ValueError(f"modes={list(modes)!r} must be one or more of {', '.join(MODES)}")
+        self.modes = tuple(modes)
+        self._signs = tuple(-1.0 if mode == "max" else 1.0 for mode in modes)
+        self._points: dict[Hashable, tuple[float, ...]] = {}  # key -> losses (every point ever added)
+        # Two objectives: the front sorted by (loss 0, loss 1); _firsts mirrors loss 0 for bisect.
+        # Other widths: the front in insertion order.
+        self._front: list[tuple[tuple[float, ...], Hashable]] = []
+        self._firsts: list[float] = []
+        self._members: set[Hashable] = set()
+
+    def __len__(self) -> int:
+        return len(self._front)
+
+    def __contains__(self, key: Hashable) -> bool:
+        return key in self._members
+
+    def keys(self) -> list[Hashable]:
+        """The keys on the front (two objectives: best first objective first)."""
+        return [key for _, key in self._front]
+
+    def add(self, key: Hashable, values: Sequence[float]) -> FrontChange:
+        """Record ``values`` (objectives, in the front's modes) for ``key``; return how the front changed."""
+        if len(values) != len(self.modes):
+            raise ValueError(f"one value per objective is needed: {len(values)=} and {len(self.modes)=}")
+        losses = tuple(float(value) * sign for value, sign in zip(values, self._signs, strict=True))
+        if key in self._points:
+            if _same(self._points[key], losses):
+                return FrontChange(joined=key in self)
+            before = set(self._members)
+            self._points[key] = losses
+            self._rebuild()
+            return FrontChange(joined=key in self, left=tuple(k for k in before - self._members if k != key))
+        self._points[key] = losses
+        if any(math.isnan(loss) for loss in losses):
+            return FrontChange(joined=False)
+        change = self._add_two(key, losses) if len(losses) == 2 else self._add_any(key, losses)
+        self._members.difference_update(change.left)
+        if change.joined:
+            self._members.add(key)
+        return change
+
+    def discard(self, key: Hashable) -> FrontChange:
+        """Forget ``key``; the members it dominated may come back (``joined`` is False, ``left`` holds ``key`` if it
+        was on the front)."""
+        if key not in self._points:
+            return FrontChange(joined=False)
+        was_member = key in self
+        del self._points[key]
+        if was_member:
+            self._rebuild()
+        return FrontChange(joined=False, left=(key,) if was_member else ())
+
+    def extend(self, points: Iterable[tuple[Hashable, Sequence[float]]]) -> None:
+        for key, values in points:
+            self.add(key, values)
+
+    # --- internals ----------------------------------------------------------------------------------------------
+
+    def _add_two(self, key: Hashable, losses: tuple[float, ...]) -> FrontChange:
+        first, second = losses
+        # Members with loss 0 <= first: the last of them has the lowest loss 1 (loss 1 falls along the front).
+        after_equal = bisect.bisect_right(self._firsts, first)
+        if after_equal > 0:
+            (q_first, q_second), _ = self._front[after_equal - 1]
+            if q_second < second or (q_second == second and q_first < first):
+                return FrontChange(joined=False)  # dominated
+        # The members the new point dominates: loss 0 >= first and loss 1 >= second, not equal to it; they follow
+        # the members with loss 0 < first, as one run (loss 1 falls along the front).
+        start = bisect.bisect_left(self._firsts, first)
+        stop = start
+        while stop < len(self._front):
+            (q_first, q_second), _ = self._front[stop]
+            if q_second < second or (q_first == first and q_second == second):
+                break
+            stop += 1
+        left = tuple(k for _, k in self._front[start:stop])
+        # Equal points stay beside each other, just after the removed run.
+        self._front[start:stop] = [(losses, key)]
+        self._firsts[start:stop] = [first]
+        return FrontChange(joined=True, left=left)
+
+    def _add_any(self, key: Hashable, losses: tuple[float, ...]) -> FrontChange:
+        for member, _ in self._front:
+            if _dominates(member, losses):
+                return FrontChange(joined=False)
+        left = tuple(member_key for member, member_key in self._front if _dominates(losses, member))
+        self._front = [(member, k) for member, k in self._front if not _dominates(losses, member)]
+        self._front.append((losses, key))
+        return FrontChange(joined=True, left=left)
+
+    def _rebuild(self) -> None:
+        points = list(self._points.items())
+        self._points, self._front, self._firsts, self._members = {}, [], [], set()
+        for key, losses in points:
+            self.add(key, tuple(loss * sign for loss, sign in zip(losses, self._signs, strict=True)))
+
+
+def _dominates(a: Sequence[float], b: Sequence[float]) -> bool:
+    return all(x <= y for x, y in zip(a, b, strict=True)) and any(x < y for x, y in zip(a, b, strict=True))
+
+
+def _same(a: Sequence[float], b: Sequence[float]) -> bool:
+    return all(x == y or (math.isnan(x) and math.isnan(y)) for x, y in zip(a, b, strict=True))
+
+
+@dataclass(frozen=True)
+class FrontSnapshot:
+    """What the front files show at one moment: rows (dicts, never changed once in the book) and the fronts' keys.
+    Taken on the driver's event loop in O(n) pointer copies; turned into tables and files elsewhere."""
+
+    metrics: tuple[str, ...]
+    modes: tuple[str, ...]
+    finals: tuple[dict[str, Any], ...]
+    front: tuple[str, ...]  # run ids on the front of final values
+    points: tuple[dict[str, Any], ...]
+    steps_front: tuple[tuple[str, int], ...]  # (run id, step) on the front of every point
 
 
 class FrontBook:
-    """Points by (run id, step), final points by run id, and front membership by run id."""
+    """Points by (run id, step), final points by run id, the two fronts, and front membership by run id."""
 
     def __init__(self, metrics: Sequence[str], modes: Sequence[str]) -> None:
         self.metrics = list(metrics)
@@ -31,55 +189,214 @@ class FrontBook:
         self.points: dict[tuple[str, int], dict[str, Any]] = {}
         self.finals: dict[str, dict[str, Any]] = {}  # completed trials only
         self.membership: dict[str, bool] = {}  # run id -> on the front of final values (its pareto tag)
+        self._steps_of: dict[str, set[int]] = {}  # run id -> its steps in ``points``
+        self._front = ParetoFront(modes)  # over the feasible finals, by run id
+        self._steps_front = ParetoFront(modes)  # over the feasible points, by (run id, step)
+        self._changed: dict[str, bool] = {}  # membership changes not yet taken (take_changes)
+        self.version = 0  # counts changes, so a writer knows whether its files are current
 
     @property
     def front_size(self) -> int:
-        return sum(self.membership.values())
+        return len(self._front)
 
-    def restore(self, points: pd.DataFrame, statuses: Mapping[str, str], membership: Mapping[str, bool]) -> None:
-        """Take back what a stopped driver recorded (``study.records.load_points`` of the study's runs)."""
+    def restore(
+        self,
+        points: Any,
+        statuses: Mapping[str, str],
+        membership: Mapping[str, bool],
+        *,
+        feasible: Mapping[str, bool] | None = None,
+    ) -> None:
+        """Take back what a stopped driver recorded (``study.records.load_points`` of the study's runs, a DataFrame;
+        ``feasible``: run id -> False for the runs that broke the space's constraints)."""
         self.membership.update(membership)
+        feasible = feasible or {}
         points = points[points["run_id"].isin(statuses)]
         for row in points.to_dict("records"):
-            self.points[(row["run_id"], int(row["step"]))] = row
+            self.add(row["run_id"], int(row["step"]), row, feasible=feasible.get(row["run_id"], True))
         for run_id, rows in points.groupby("run_id"):
             if statuses[run_id] == "FINISHED":
-                self.finals[run_id] = rows.loc[rows["step"].idxmax()].to_dict()
+                self._final(run_id, rows.loc[rows["step"].idxmax()].to_dict(), feasible=feasible.get(run_id, True))
+        for run_id in statuses:  # what the fronts say now wins over the tags a stopped driver left
+            if run_id in self.finals and self.membership.get(run_id) != (run_id in self._front):
+                self._set_member(run_id, run_id in self._front)
+            elif run_id not in self.finals and self.membership.get(run_id):
+                self._set_member(run_id, False)
 
-    def add(self, run_id: str, step: int, row: dict[str, Any]) -> None:
-        self.points[(run_id, step)] = row
+    def add(self, run_id: str, step: int, row: dict[str, Any], *, feasible: bool = True) -> None:
+        """A trial reported ``row`` at ``step``; ``feasible``: it keeps the space's constraints (else it stays off
+        the step front)."""
+        key = (run_id, step)
+        self.points[key] = row
+        self._steps_of.setdefault(run_id, set()).add(step)
+        if feasible:
+            self._steps_front.add(key, self._values(row))
+        else:
+            self._steps_front.discard(key)
+        self.version += 1
 
-    def end(self, run_id: str, status: str, final: dict[str, Any] | None) -> None:
+    def end(self, run_id: str, status: str, final: dict[str, Any] | None, *, feasible: bool = True) -> None:
         """A trial ended with run status ``status``; ``final``: its final point when it completed, else None (it
-        leaves the front)."""
-        for (point_run, _), row in self.points.items():
-            if point_run == run_id:
-                row["status"] = status
+        leaves the front); ``feasible``: the final keeps the space's constraints (else it never enters the front)."""
+        for step in self._steps_of.get(run_id, ()):
+            # A new row, not an edit: a snapshot taken before holds the old one unchanged.
+            self.points[(run_id, step)] = {**self.points[(run_id, step)], "status": status}
         if final is not None:
-            self.finals[run_id] = final
+            self._final(run_id, {**final, "status": status}, feasible=feasible)
         else:
             self.finals.pop(run_id, None)
-            self.membership[run_id] = False
+            self._record(self._front.discard(run_id), run_id, rebuilt=False)
+            self._set_member(run_id, False)
+        self.version += 1
 
-    def refresh(self, directory: Path, study_name: str) -> tuple[dict[str, bool], list[Path]]:
-        """Recompute both fronts and write the front files present now into ``directory`` (the plots once a trial
-        completed). Returns the runs whose membership changed (and their new one), and the files written."""
-        finals = points_frame(self.finals.values())
-        front = front_frame(finals, self.metrics, self.modes)
-        on_front = set(front["run_id"])
-        changed = {}
-        for run_id in finals["run_id"]:
-            member = run_id in on_front
-            if self.membership.get(run_id) != member:
-                changed[run_id] = self.membership[run_id] = member
-        points = points_frame(self.points.values())
-        paths = [
-            write_front_csv(front, directory / "pareto_front.csv"),
-            write_front_csv(front_frame(points, self.metrics, self.modes), directory / "pareto_front_steps.csv"),
-        ]
-        if len(self.metrics) >= 2 and len(finals):
-            title = f"{study_name}: {len(front)} of {len(finals)} completed trials on the front"
-            args = (finals, front, self.metrics, self.modes)
-            paths.append(write_front_html(*args, directory / "pareto_front.html", title))
-            paths.append(write_front_png(*args, directory / "pareto_front.png", title))
-        return changed, paths
+    def take_changes(self) -> dict[str, bool]:
+        """The runs whose membership changed since the last call, with their new one (for their ``pareto`` tags)."""
+        changed, self._changed = self._changed, {}
+        return changed
+
+    def snapshot(self) -> FrontSnapshot:
+        return FrontSnapshot(
+            metrics=tuple(self.metrics),
+            modes=tuple(self.modes),
+            finals=tuple(self.finals.values()),
+            front=tuple(self._front.keys()),
+            points=tuple(self.points.values()),
+            steps_front=tuple(self._steps_front.keys()),
+        )
+
+    # --- internals ----------------------------------------------------------------------------------------------
+
+    def _values(self, row: Mapping[str, Any]) -> tuple[float, ...]:
+        return tuple(_number(row.get(metric)) for metric in self.metrics)
+
+    def _final(self, run_id: str, final: dict[str, Any], *, feasible: bool) -> None:
+        again = run_id in self.finals
+        self.finals[run_id] = final
+        change = self._front.add(run_id, self._values(final)) if feasible else self._front.discard(run_id)
+        self._record(change, run_id, rebuilt=again)
+        self._set_member(run_id, change.joined)
+
+    def _record(self, change: FrontChange, run_id: str, *, rebuilt: bool) -> None:
+        if rebuilt or (change.left and not change.joined):
+            # The front was rebuilt (a run measured again, or one leaving it): members it dominated may come back.
+            # Rare, so look at every completed run.
+            for other in self.finals:
+                if other != run_id:
+                    self._set_member(other, other in self._front)
+            return
+        for other in change.left:
+            self._set_member(other, False)
+
+    def _set_member(self, run_id: str, member: bool) -> None:
+        if self.membership.get(run_id) != member:
+            self.membership[run_id] = member
+            self._changed[run_id] = member
+
+
+def _number(value: Any) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def write_front_files(snapshot: FrontSnapshot, directory: Path, study_name: str) -> list[Path]:
+    """Write the front files of ``snapshot`` into ``directory`` (the plots once a trial completed); the paths."""
+    from study.pareto import write_front_csv, write_front_html, write_front_png
+    from study.records import points_frame
+
+    metrics, modes = list(snapshot.metrics), list(snapshot.modes)
+    finals = points_frame(snapshot.finals)
+    front = _front_rows(finals, set(snapshot.front), metrics, key=lambda run_id, step: run_id)
+    points = points_frame(snapshot.points)
+    steps_front = _front_rows(points, set(snapshot.steps_front), metrics, key=lambda run_id, step: (run_id, int(step)))
+    paths = [
+        write_front_csv(front, directory / "pareto_front.csv"),
+        write_front_csv(steps_front, directory / "pareto_front_steps.csv"),
+    ]
+    if len(metrics) >= 2 and len(finals):
+        title = f"{study_name}: {len(front)} of {len(finals)} completed trials on the front"
+        args = (finals, front, metrics, modes)
+        paths.append(write_front_html(*args, directory / "pareto_front.html", title))
+        paths.append(write_front_png(*args, directory / "pareto_front.png", title))
+    return paths
+
+
+def _front_rows(frame: Any, keys: set, metrics: Sequence[str], *, key: Callable[[str, int], Hashable]) -> Any:
+    """The rows of ``frame`` whose key (of run id and step) is in ``keys``, ordered as ``study.pareto.front_frame``
+    orders a front."""
+    if not len(frame):
+        return frame
+    mask = [key(run_id, step) in keys for run_id, step in zip(frame["run_id"], frame["step"], strict=True)]
+    order = [metrics[1], metrics[0]] if len(metrics) > 1 else [metrics[0]]
+    return frame[mask].sort_values(order, kind="mergesort").reset_index(drop=True)
+
+
+class FrontWriter:
+    """Writes the front files off the driver's event loop: ``request`` hands over a snapshot (cheap) and returns; a
+    background thread writes the latest one, at most every ``interval`` seconds (requests in between coalesce);
+    ``close`` writes the final files before it returns. ``written`` is called with the paths after each write (in
+    the writing thread), e.g. to log them as artifacts."""
+
+    def __init__(
+        self,
+        directory: Path,
+        study_name: str,
+        *,
+        interval: float = WRITE_INTERVAL_S,
+        written: Callable[[list[Path]], None] | None = None,
+    ) -> None:
+        self.directory = Path(directory)
+        self.study_name = study_name
+        self.interval = interval
+        self.written = written
+        self.writes = 0  # files written so far (each time the set of front files)
+        self._pending: FrontSnapshot | None = None
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._closing = threading.Event()
+        self._last = -math.inf  # time.monotonic() of the last write
+        self._thread = threading.Thread(target=self._run, name="front-writer", daemon=True)
+        self._thread.start()
+
+    def request(self, snapshot: FrontSnapshot) -> None:
+        with self._lock:
+            self._pending = snapshot
+        self._wake.set()
+
+    def close(self, snapshot: FrontSnapshot | None = None) -> None:
+        """Stop the thread and write ``snapshot`` (else the one pending, if any) now: the final files."""
+        if snapshot is not None:
+            with self._lock:
+                self._pending = snapshot
+        self._closing.set()
+        self._wake.set()
+        self._thread.join()
+        self._write_pending()
+
+    def _run(self) -> None:
+        while not self._closing.is_set():
+            self._wake.wait()
+            if self._closing.is_set():
+                return  # close() writes what is pending
+            # Coalesce: requests arriving until the interval has passed are written once, as the latest.
+            self._closing.wait(max(0.0, self._last + self.interval - time.monotonic()))
+            if self._closing.is_set():
+                return
+            self._wake.clear()
+            self._write_pending()
+
+    def _write_pending(self) -> None:
+        with self._lock:
+            snapshot, self._pending = self._pending, None
+        if snapshot is None:
+            return
+        self._last = time.monotonic()
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            paths = write_front_files(snapshot, self.directory, self.study_name)
+            self.writes += 1
+            if self.written is not None:
+                self.written(paths)
+        except Exception:  # bookkeeping must never end the study; say so loudly instead
+            logger.exception("could not write the front files of study %r", self.study_name)

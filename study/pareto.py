@@ -48,7 +48,8 @@ def pareto_mask(values: Sequence[Sequence[float]], modes: Sequence[str]) -> list
 
     ``values[i][k]`` is objective k of point i, to be maximised or minimised as ``modes[k]`` says. A point is
     dominated when another is at least as good in every objective and better in one. A point with a NaN objective
-    is never on the front and dominates nothing; equal points are both kept.
+    is never on the front and dominates nothing; equal points are both kept. Two objectives take a sort and sweep,
+    O(n log n); any other number a pairwise check, O(n^2).
     """
     if len(values) == 0:
         return []
@@ -60,15 +61,44 @@ def pareto_mask(values: Sequence[Sequence[float]], modes: Sequence[str]) -> list
     losses = points * np.array([-1.0 if mode == "max" else 1.0 for mode in modes])  # all minimised now
     valid = ~np.isnan(losses).any(axis=1)
     candidates = losses[valid]
-    dominated = np.zeros(len(candidates), dtype=bool)
-    for start in range(0, len(candidates), _BLOCK):  # blocks of rows bound the (block, n, m) comparison arrays
-        block = candidates[start : start + _BLOCK, None, :]  # (b, 1, m) against (1, n, m)
-        no_worse = (candidates[None, :, :] <= block).all(axis=2)
-        better = (candidates[None, :, :] < block).any(axis=2)
-        dominated[start : start + _BLOCK] = (no_worse & better).any(axis=1)  # some point is <= everywhere, < once
+    if candidates.shape[1] == 2:
+        on_front = _front_of_two(candidates)
+    else:
+        on_front = ~_dominated_by_any(candidates)
     mask = np.zeros(len(points), dtype=bool)
-    mask[np.flatnonzero(valid)] = ~dominated
+    mask[np.flatnonzero(valid)] = on_front
     return mask.tolist()
+
+
+def _front_of_two(losses: np.ndarray) -> np.ndarray:
+    """Non-dominated rows of an (n, 2) array of losses without NaN, by sort and sweep: O(n log n).
+
+    Sorted by the first loss, then the second, a row is on the front when it is the best (lowest second loss) of its
+    group of equal first losses, and strictly better in the second loss than every row of a lower first loss; rows
+    equal to such a row are on the front too (equal points do not dominate each other).
+    """
+    order = np.lexsort((losses[:, 1], losses[:, 0]))  # by loss 0, then loss 1
+    first, second = losses[order, 0], losses[order, 1]
+    starts = np.flatnonzero(np.r_[True, first[1:] != first[:-1]])  # where each group of equal loss-0 begins
+    group_start = starts[np.searchsorted(starts, np.arange(len(order)), side="right") - 1]
+    best_of_group = second[group_start]
+    best_before = np.minimum.accumulate(second)  # best loss 1 among rows up to here, in sorted order
+    earlier = np.where(group_start > 0, best_before[np.maximum(group_start - 1, 0)], np.inf)
+    sorted_front = (second == best_of_group) & ((group_start == 0) | (second < earlier))
+    on_front = np.empty(len(order), dtype=bool)
+    on_front[order] = sorted_front
+    return on_front
+
+
+def _dominated_by_any(losses: np.ndarray) -> np.ndarray:
+    """For each row of an (n, m) array of losses, whether another row dominates it: O(n^2 m), any m."""
+    dominated = np.zeros(len(losses), dtype=bool)
+    for start in range(0, len(losses), _BLOCK):  # blocks of rows bound the (block, n, m) comparison arrays
+        block = losses[start : start + _BLOCK, None, :]  # (b, 1, m) against (1, n, m)
+        no_worse = (losses[None, :, :] <= block).all(axis=2)
+        better = (losses[None, :, :] < block).any(axis=2)
+        dominated[start : start + _BLOCK] = (no_worse & better).any(axis=1)  # some point is <= everywhere, < once
+    return dominated
 
 
 def front_frame(df: pd.DataFrame, metrics: Sequence[str], modes: Sequence[str]) -> pd.DataFrame:

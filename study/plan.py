@@ -18,6 +18,7 @@ from typing import Any
 
 from spa.config import ExperimentConfig
 from study import preflight
+from study.schedulers import STOPPING
 from study.settings import (
     DEFAULT_STORAGE_PATH,
     MANIFEST,
@@ -71,7 +72,9 @@ def plan(args: argparse.Namespace) -> tuple[StudySettings, SearchSpace]:
         )
         space = load_space(directory / f"{settings.space}.toml")  # the study's copy, as it started
     else:
-        settings = new_settings(given, space.name, cluster=bool(args.address or os.environ.get("RAY_ADDRESS")))
+        settings = new_settings(
+            given, space.name, cluster=(args.address or os.environ.get("RAY_ADDRESS") or "local") != "local"
+        )
         if settings.study_dir.exists():
             raise UsageError(
                 f"a study named {settings.name!r} exists at {settings.study_dir}; "
@@ -81,8 +84,10 @@ def plan(args: argparse.Namespace) -> tuple[StudySettings, SearchSpace]:
     preflight.check_writable_dir("--cache-dir", settings.cache_dir)
     preflight.check_tracking_uri(settings.tracking_uri)  # before the slower checks: it may wait TIMEOUT_S
     space = space.with_overrides(overrides(settings, space))
-    if settings.scheduler == "asha" and max_final_step(space) < 1:
-        raise UsageError("--scheduler asha stops trials at pruning steps, but this space prunes no step")
+    if settings.scheduler in STOPPING and max_final_step(space) < 1:
+        raise UsageError(
+            f"--scheduler {settings.scheduler} stops trials at pruning steps, but this space prunes no step"
+        )
     _check_datasets(space)
     _check_weights(space)
     return settings, space
@@ -93,8 +98,10 @@ def plan(args: argparse.Namespace) -> tuple[StudySettings, SearchSpace]:
 
 def _restore_driver_state(directory: Path, location: str) -> None:
     """Bring back from the latest snapshot at ``location`` every piece of the driver's state missing here: the
-    manifest, the study's space, the Optuna db and the MLflow SQLite store (where the manifest says they live)."""
+    manifest, the study's space, MOASHA's rung journal, the Optuna db and the MLflow SQLite store (where the manifest
+    says they live)."""
     from study.driver_state import SnapshotError, read_latest, restore_snapshot
+    from study.schedulers import MOASHA_JOURNAL
 
     try:
         snapshot = read_latest(location)
@@ -103,7 +110,7 @@ def _restore_driver_state(directory: Path, location: str) -> None:
         written = restore_snapshot(snapshot, {MANIFEST: directory / MANIFEST})
         try:
             manifest = json.loads((directory / MANIFEST).read_text())
-            targets = {f"{manifest['space']}.toml": directory / f"{manifest['space']}.toml"}
+            targets = {name: directory / name for name in (f"{manifest['space']}.toml", MOASHA_JOURNAL)}
             optuna_db = _sqlite_file(manifest.get("optuna_storage") or f"sqlite:///{directory / OPTUNA_DB}")
             mlflow_db = _sqlite_file(manifest["tracking_uri"])
         except (OSError, ValueError, KeyError, TypeError):
@@ -211,7 +218,7 @@ def space_values(space: SearchSpace, key: str) -> list[Any]:
 
 
 def max_final_step(space: SearchSpace) -> int:
-    """The last pruning step any trial can reach (ASHA's max_t)."""
+    """The last pruning step any trial can reach (the max_t of the schedulers that stop trials)."""
     densities = space_values(space, "densities")
     if any(value is not None for value in densities):
         return max(len(value) for value in densities if value is not None)
@@ -220,11 +227,11 @@ def max_final_step(space: SearchSpace) -> int:
 
 def _check_datasets(space: SearchSpace) -> None:
     """A dataset a trial cannot load is bad input, found now rather than in every trial."""
-    from spa.data import DataError, load_splits  # local: torchvision only once a dataset must be looked at
+    from spa.data import EMBEDDED_DATASETS, DataError, load_splits  # local: torchvision only once needed
 
     data_dir = space_values(space, "data_dir")[0]
     for dataset in space_values(space, "dataset"):
-        if dataset in ("digits", "digits-source"):
+        if dataset in EMBEDDED_DATASETS:
             continue  # embedded: always there
         try:
             load_splits(dataset, data_dir=data_dir, download=False)

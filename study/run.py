@@ -64,14 +64,20 @@ def connect(address: str | None) -> tuple[Any, bool]:
     if ray.is_initialized():
         return ray, False
     # Ray's own INFO lines ("Started a local Ray instance", ...) would bury a one-line error on stderr.
-    if address or os.environ.get("RAY_ADDRESS"):
+    if _cluster_address(address):
         try:
             ray.init(address=address, logging_level=logging.WARNING)
         except ConnectionError as error:
             raise UsageError(f"--address {address or os.environ['RAY_ADDRESS']}: {error}") from None
-    else:
-        ray.init(include_dashboard=False, logging_level=logging.WARNING)
+    else:  # "local": not the machine's latest `ray start` cluster, which Ray joins when given no address
+        ray.init(address="local", include_dashboard=False, logging_level=logging.WARNING)
     return ray, True
+
+
+def _cluster_address(address: str | None) -> str | None:
+    """The Ray cluster to join (``--address``, else ``$RAY_ADDRESS``); None for a local Ray of the driver's own."""
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    return None if address == "local" else address
 
 
 def check_resources(nodes: Sequence[dict[str, float]], settings: StudySettings) -> int:
@@ -103,7 +109,7 @@ def pretrain(space: SearchSpace, settings: StudySettings) -> None:
     for arch in sorted(set(space_values(space, "arch"))):
         began = time.perf_counter()
         path = pretrained_backbone(PretrainConfig(arch=arch), settings.cache_dir)
-        print(f"backbone {arch} pretrained on digits 0-4: {path} ({time.perf_counter() - began:.0f}s)", flush=True)
+        print(f"backbone {arch} pretrained on printed digits: {path} ({time.perf_counter() - began:.0f}s)", flush=True)
 
 
 def _versions() -> dict[str, str]:
@@ -147,7 +153,8 @@ def build_tuner(settings: StudySettings, space: SearchSpace, max_concurrent: int
 
     import optuna
 
-    from study.searcher import StudySearch, StudySearcher, make_sampler
+    from study.sampler_plan import build_sampler, plan_sampler
+    from study.searcher import StudySearch, StudySearcher
     from study.tracking import StudyTracker
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -155,14 +162,22 @@ def build_tuner(settings: StudySettings, space: SearchSpace, max_concurrent: int
     # The study's own copy, resolved: a later edit of a base the space extends does not change a resumed study.
     header = f"The search space of study {settings.name!r}, resolved from {space.path} and its bases."
     (study_dir / f"{settings.space}.toml").write_text(space.to_toml(header=header))
+    sampler_plan = plan_sampler(
+        settings.sampler, num_samples=settings.num_samples, num_params=len(space.params), max_concurrent=max_concurrent
+    )
+    print(f"sampler: {sampler_plan.header()}", flush=True)
     searcher = StudySearcher(
         space,
-        sampler=make_sampler(settings.sampler, settings.seed),
+        sampler=build_sampler(sampler_plan, settings.seed),
         storage=optuna.storages.RDBStorage(settings.optuna_url),
         study_name=settings.name,
     )
     scheduler = make_scheduler(
-        settings.scheduler, metric=space.metrics[0], mode=space.modes[0], max_step=max_final_step(space)
+        settings.scheduler,
+        metrics=space.metrics,
+        modes=space.modes,
+        max_t=max_final_step(space),
+        study_dir=study_dir,
     )
     tracker = StudyTracker(
         tracking_uri=settings.tracking_uri,
@@ -175,7 +190,7 @@ def build_tuner(settings: StudySettings, space: SearchSpace, max_concurrent: int
         scheduler=settings.scheduler,
         params={
             "space": settings.space,
-            "sampler": settings.sampler,
+            **sampler_plan.params(),
             "seed": settings.seed,
             "num_samples": settings.num_samples,
             "scheduler": settings.scheduler,
@@ -217,8 +232,10 @@ def build_tuner(settings: StudySettings, space: SearchSpace, max_concurrent: int
 
 def snapshots(settings: StudySettings) -> Any:
     """The callback that snapshots the driver's state beside the trials (``study.driver_state``): the SQLite stores
-    that are local files (the Optuna db, the MLflow store), the manifest and the study's space."""
+    that are local files (the Optuna db, the MLflow store), the manifest, the study's space and MOASHA's rung journal
+    (its rung records: Ray does not keep a scheduler across --resume)."""
     from study.driver_state import sqlite_path
+    from study.schedulers import MOASHA_JOURNAL
     from study.snapshots import DriverStateSnapshots
 
     databases = {
@@ -226,7 +243,7 @@ def snapshots(settings: StudySettings) -> Any:
         for name, url in ((OPTUNA_DB, settings.optuna_url), (MLFLOW_DB, settings.tracking_uri))
         if sqlite_path(url) is not None
     }
-    files = {name: settings.study_dir / name for name in (MANIFEST, f"{settings.space}.toml")}
+    files = {name: settings.study_dir / name for name in (MANIFEST, f"{settings.space}.toml", MOASHA_JOURNAL)}
     return DriverStateSnapshots(settings.snapshot_location, databases=databases, files=files)
 
 

@@ -1,27 +1,85 @@
-"""The trial schedulers a study may use, by name: which trials Tune lets run on and which it stops early.
+"""The trial schedulers a study may use, by name: which trials Tune lets run on and which it stops early, what each
+favours (the ``--scheduler`` help) and how each is built. Ray is imported only when a scheduler is built, so the
+command can check ``--scheduler`` without it.
 
-A trial a scheduler stops is told to Optuna as PRUNED and never enters a front (``study.outcome``). Ray is
-imported only when a scheduler is built, so the command can check ``--scheduler`` without it.
+- ``fifo`` runs every trial to its final pruning step.
+- ``asha`` is Ray's ASHA on the first objective alone (``val_accuracy``) at pruning steps 1, 2, 4, ...: it compares
+  trials at equal step, not equal density, and ignores the second objective, so it favours accurate, gently pruned
+  schedules and stops the aggressive, few-parameter ones first (the cheap end of the front). Kept for single-objective
+  spaces and for studies begun with it; its rung records are not kept across ``--resume`` (Ray does not save a
+  scheduler with the experiment state).
+- ``moasha`` (``study.moasha``) ranks the whole objective vector at each rung by non-dominated sorting and stops
+  trials outside the top ``1/reduction_factor``; its rung records survive ``--resume`` (a journal in the study
+  directory).
+
+Every stopped trial ends without error before its final step, so ``study.outcome.judge`` calls it PRUNED: Optuna is
+told PRUNED (``study.searcher``), MLflow records it KILLED with ``stopped_by`` (``study.tracking``), and it never
+enters a front.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import os
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-__all__ = ["SCHEDULERS", "make_scheduler"]
+from study.names import FINAL_STEP
 
-SCHEDULERS = ("fifo", "asha")
+if TYPE_CHECKING:
+    from ray.tune.schedulers import TrialScheduler
+
+__all__ = ["SCHEDULERS", "SCHEDULER_HELP", "REDUCTION_FACTOR", "MOASHA_JOURNAL", "STOPPING", "make_scheduler"]
+
+SCHEDULERS = ("fifo", "asha", "moasha")
+STOPPING = ("asha", "moasha")  # the schedulers that stop trials at pruning steps (they need a space that prunes)
+REDUCTION_FACTOR = 2
+MOASHA_JOURNAL = "moasha_rungs.jsonl"  # in the study directory
+SCHEDULER_HELP = (
+    "fifo runs every trial to its final pruning step; "
+    "moasha stops trials outside the top half of a pruning step by non-dominated sorting of all objectives; "
+    "asha stops trials whose first objective (val_accuracy) alone lags at equal step, so it stops aggressive, "
+    "few-parameter schedules first; stopped trials are recorded as pruned, never on the front (default: fifo)"
+)
 
 
-def make_scheduler(name: str, *, metric: str, mode: str, max_step: int) -> Any:
-    """Tune's scheduler ``name``; ``metric``/``mode``: what it compares, ``max_step``: the last pruning step."""
+def make_scheduler(
+    name: str,
+    *,
+    metrics: Sequence[str],
+    modes: Sequence[str],
+    max_t: int,
+    study_dir: str | os.PathLike[str],
+    grace_period: int = 1,
+    reduction_factor: float = REDUCTION_FACTOR,
+) -> TrialScheduler:
+    """Scheduler ``name`` over pruning steps (``step``) up to ``max_t``, the largest final step of the space."""
+    # Ray loads here, not on import: the command checks its input before it loads Ray.
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
-    if name == "asha":
-        # ASHA compares the first objective at pruning steps 1, 2, 4, ...; trials it stops are told PRUNED.
-        return ASHAScheduler(
-            time_attr="step", metric=metric, mode=mode, max_t=max_step, grace_period=1, reduction_factor=2
-        )
+    from study.moasha import MOASHAScheduler
+
+    if name not in SCHEDULERS:
+        raise ValueError(f"scheduler={name!r} is not allowed; allowed: {', '.join(SCHEDULERS)}")
     if name == "fifo":
         return FIFOScheduler()
-    raise ValueError(f"scheduler={name!r} is not allowed; allowed: {', '.join(SCHEDULERS)}")
+    if max_t < grace_period:
+        raise ValueError(f"scheduler {name} stops trials at pruning steps, but {max_t=} < {grace_period=}")
+    if name == "asha":
+        return ASHAScheduler(
+            time_attr="step",
+            metric=metrics[0],
+            mode=modes[0],
+            max_t=max_t,
+            grace_period=grace_period,
+            reduction_factor=reduction_factor,
+        )
+    return MOASHAScheduler(
+        metrics=metrics,
+        modes=modes,
+        max_t=max_t,
+        time_attr="step",
+        grace_period=grace_period,
+        reduction_factor=reduction_factor,
+        final_attr=FINAL_STEP,
+        journal=os.path.join(study_dir, MOASHA_JOURNAL),
+    )

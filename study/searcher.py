@@ -20,19 +20,20 @@ from optuna.trial import TrialState
 from ray.tune.search import ConcurrencyLimiter, SearchGenerator
 from ray.tune.search.optuna import OptunaSearch
 
+from spa.validation import is_finite_number
 from study.names import TRIAL_NUMBER
 from study.outcome import COMPLETE, FAILED, PRUNED, judge
 from study.ray_internals import optuna_study, optuna_trials, raise_total_samples, told_trial_ids
+from study.sampler_plan import SAMPLER_NAMES, SamplerPlan, build_sampler, plan_sampler
 from study.spaces import SearchSpace, suggest
 
-__all__ = ["SAMPLERS", "DefineByRun", "StudySearcher", "StudySearch", "make_sampler", "REASON_ATTRS"]
+__all__ = ["SAMPLERS", "DefineByRun", "StudySearcher", "StudySearch", "make_sampler", "REASON_ATTRS", "last_values"]
 
 logger = logging.getLogger(__name__)
 
+# Optuna's own defaults, by name; a plan (study.sampler_plan) sizes them to the budget instead.
 SAMPLERS: dict[str, Callable[[int], optuna.samplers.BaseSampler]] = {
-    "tpe": lambda seed: optuna.samplers.TPESampler(seed=seed),
-    "nsga2": lambda seed: optuna.samplers.NSGAIISampler(seed=seed),
-    "random": lambda seed: optuna.samplers.RandomSampler(seed=seed),
+    name: (lambda seed, name=name: build_sampler(SamplerPlan(name), seed)) for name in SAMPLER_NAMES
 }
 _STATES = {COMPLETE: TrialState.COMPLETE, PRUNED: TrialState.PRUNED, FAILED: TrialState.FAIL}
 # The user attribute of an Optuna trial that says why it is not COMPLETE.
@@ -40,10 +41,22 @@ REASON_ATTRS = {PRUNED: "pruned_because", FAILED: "failed_because"}
 TUNE_TRIAL_ATTR = "tune_trial_id"
 
 
-def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
+def make_sampler(
+    name: str,
+    seed: int,
+    *,
+    num_samples: int | None = None,
+    num_params: int | None = None,
+    max_concurrent: int = 1,
+) -> optuna.samplers.BaseSampler:
+    """Sampler ``name``, seeded: sized to the budget (``study.sampler_plan.plan_sampler``) when ``num_samples`` is
+    given, else with Optuna's defaults."""
     if name not in SAMPLERS:
         raise ValueError(f"sampler={name!r} is not allowed; allowed: {', '.join(SAMPLERS)}")
-    return SAMPLERS[name](seed)
+    if num_samples is None:
+        return SAMPLERS[name](seed)
+    plan = plan_sampler(name, num_samples=num_samples, num_params=num_params, max_concurrent=max_concurrent)
+    return build_sampler(plan, seed)
 
 
 class DefineByRun:
@@ -95,8 +108,9 @@ class StudySearcher(OptunaSearch):
             logger.warning("trial %s ended but was never asked of Optuna; nothing to tell", trial_id)
             return
         outcome = judge(result, self.metric, error=error)
+        attrs = last_values(result, self.metric) if outcome.state == PRUNED else {}
         try:
-            self._tell(ot_trial.number, outcome.state, outcome.values, outcome.reason)
+            self._tell(ot_trial.number, outcome.state, outcome.values, outcome.reason, attrs)
         except Exception as exc:  # bookkeeping must never end the study; say so loudly instead
             logger.error("could not tell Optuna trial %d (%s): %s", ot_trial.number, outcome.state, exc)
         told_trial_ids(self).add(trial_id)
@@ -110,16 +124,33 @@ class StudySearcher(OptunaSearch):
             if frozen.number not in known:
                 self._tell(frozen.number, FAILED, None, "asked by a driver that stopped before Tune recorded the trial")
 
-    def _tell(self, number: int, state: str, values: tuple[float, ...] | None, reason: str | None) -> None:
+    def _tell(
+        self,
+        number: int,
+        state: str,
+        values: tuple[float, ...] | None,
+        reason: str | None,
+        attrs: dict[str, float] | None = None,
+    ) -> None:
         frozen = self.study.get_trials(deepcopy=False)[number]
         if frozen.state.is_finished():  # told before the driver stopped; the storage already holds the truth
             return
-        if reason:
-            try:
-                optuna.trial.Trial(self.study, frozen._trial_id).set_user_attr(REASON_ATTRS[state], reason)
-            except UpdateFinishedTrialError:
-                return
+        trial = optuna.trial.Trial(self.study, frozen._trial_id)
+        try:
+            for key, value in {**({REASON_ATTRS[state]: reason} if reason else {}), **(attrs or {})}.items():
+                trial.set_user_attr(key, value)
+        except UpdateFinishedTrialError:
+            return
         self.study.tell(number, list(values) if values else None, state=_STATES[state], skip_if_finished=True)
+
+
+def last_values(result: dict[str, Any] | None, metrics: list[str]) -> dict[str, float]:
+    """``last_step`` and ``last_<metric>`` of a trial's last result, finite numbers only: what a trial stopped early
+    had reached, kept as user attributes since its values are not final and never enter the front."""
+    if not result:
+        return {}
+    attrs = {f"last_{key}": float(result[key]) for key in ("step", *metrics) if is_finite_number(result.get(key))}
+    return attrs
 
 
 class StudySearch(SearchGenerator):

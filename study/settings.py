@@ -19,6 +19,7 @@ from typing import Any
 from spa.config import NAMED_WEIGHTS
 from spa.files import write_atomically
 from study.names import DEFAULT_TRACKING_URI
+from study.sampler_plan import SAMPLER_NAMES as SAMPLERS
 from study.schedulers import SCHEDULERS
 
 __all__ = [
@@ -49,7 +50,6 @@ SMOKE_NUM_SAMPLES = 2
 # The smallest budget that still trains, prunes once, recovers and measures.
 SMOKE_BUDGET = {"epochs": 1, "recovery_epochs": 1, "steps": 1, "max_score_batches": 2, "batch_size": 64}
 DEFAULT_STORAGE_PATH = "ray_results"
-SAMPLERS = ("tpe", "nsga2", "random")  # study.searcher.make_sampler builds each
 MANIFEST = "study.json"
 OPTUNA_DB = "optuna.db"  # the Optuna study's SQLite file in the study directory, unless --optuna-storage
 MLFLOW_DB = "mlflow.db"  # the MLflow store's name in a snapshot, when it is a local SQLite file

@@ -4,9 +4,11 @@ One experiment per study (by default), one parent run per study (tag ``study_id`
 (``PARENT_TAG``; tags ``trial_id``, ``trial_number``, ``learner``, ``criterion``, ``node_ip``; params = the
 trial's settings; one metric value per pruning step, MLflow step = pruning step). A trial ends FINISHED,
 KILLED (stopped early by the scheduler: tag ``stopped_by``) or FAILED (tag ``error``), judged as Optuna is told
-(``study.outcome.judge``). Every time a trial ends the front book (``study.front``) rewrites the fronts (in the
-study directory, then logged as artifacts of the parent run) and the completed runs are tagged ``pareto=true`` or
-``false``. Recording results needs neither torch nor ``spa``'s model code: the experiment's default settings come
+(``study.outcome.judge``). Every time a trial ends the front book (``study.front``) updates the fronts
+incrementally and the completed runs whose membership changed are tagged ``pareto=true`` or ``false``; the front
+files (in the study directory, logged as artifacts of the parent run) are written by a background thread, at most
+every few seconds and always at the study's end (Ctrl-C included), so the event loop never waits for a plot.
+Recording results needs neither torch nor ``spa``'s model code: the experiment's default settings come
 in as plain data (``defaults``).
 
 Resuming: Tune restores this callback from the pickled tuner, so it holds plain settings until ``setup``; there it
@@ -28,7 +30,7 @@ from ray import cloudpickle
 from ray.tune import Callback
 from ray.tune.experiment import Trial
 
-from study.front import FrontBook
+from study.front import FrontBook, FrontWriter
 from study.names import PARENT_TAG, STUDY_KEYS, TRIAL_NUMBER, trial_name
 from study.outcome import COMPLETE, FAILED, PRUNED, judge, one_line
 from study.records import POINT_METRICS, child_runs, load_points, point_row
@@ -81,6 +83,7 @@ class StudyTracker(Callback):
         self._logged_steps: dict[str, set[int]] = {}  # run_id -> steps logged
         self._nodes: dict[str, list[str]] = {}  # run_id -> ids of the Ray nodes it ran on
         self._book = FrontBook(self.metrics, self.modes)
+        self._writer: FrontWriter | None = None  # started in setup: a thread, never pickled
         self._started: set[str] = set()  # trial_ids started in this session
         self._ended: set[str] = set()  # trial_ids recorded as ended in this session
         self._reconciled = False
@@ -109,6 +112,13 @@ class StudyTracker(Callback):
         self.experiment_id = self._experiment()
         self.parent_run_id = self._parent_run()
         self._load_children()
+        parent_run_id, artifacts = self.parent_run_id, MlflowClient(tracking_uri=self.tracking_uri)
+
+        def log_artifacts(paths: list[Path]) -> None:  # in the writer's thread: a client of its own
+            for path in paths:
+                artifacts.log_artifact(parent_run_id, str(path))
+
+        self._writer = FrontWriter(self.study_dir, self.study_name, written=log_artifacts)
 
     def on_step_begin(self, iteration: int, trials: list[Trial], **info) -> None:
         if not self._reconciled:
@@ -183,7 +193,10 @@ class StudyTracker(Callback):
             if run_id is not None and self.client.get_run(run_id).info.status == "RUNNING":
                 self._set_tags(run_id, {"interrupted": "the driver stopped; --resume continues this trial"})
                 self.client.set_terminated(run_id, "KILLED")
-        self._write_fronts()
+        self._tag_membership()
+        if self._writer is not None:  # the final files, written before the parent run ends
+            self._writer.close(self._book.snapshot())
+            self._writer = None
         counts = {state: 0 for state in _STATUS.values()}
         for run in self._child_runs():
             counts[run.info.status] = counts.get(run.info.status, 0) + 1
@@ -316,14 +329,14 @@ class StudyTracker(Callback):
         self._book.end(run_id, status, final)
         self._set_tags(run_id, tags)
         self.client.set_terminated(run_id, status)
-        self._write_fronts()
+        self._tag_membership()
+        if self._writer is not None:
+            self._writer.request(self._book.snapshot())
 
-    def _write_fronts(self) -> None:
-        changed, paths = self._book.refresh(self.study_dir, self.study_name)
-        for run_id, member in changed.items():
+    def _tag_membership(self) -> None:
+        """The ``pareto`` tag of every run whose membership of the front changed (the book keeps the front)."""
+        for run_id, member in self._book.take_changes().items():
             self._set_tags(run_id, {"pareto": "true" if member else "false"})
-        for path in paths:
-            self.client.log_artifact(self.parent_run_id, str(path))
 
     def _point(self, trial: Trial, run_id: str, status: str, step: int, result: Mapping[str, Any]) -> dict[str, Any]:
         return point_row(

@@ -26,6 +26,7 @@ from study.names import DEFAULT_TRACKING_URI
 from study.plan import plan
 from study.preflight import PreflightError
 from study.run import INTERRUPTED, run_study
+from study.schedulers import SCHEDULER_HELP
 from study.settings import (
     DEFAULT_NUM_SAMPLES,
     DEFAULT_STORAGE_PATH,
@@ -60,15 +61,18 @@ def build_parser() -> argparse.ArgumentParser:
         "with --resume, a larger number extends the study",
     )
     what.add_argument(
-        "--sampler", choices=SAMPLERS, default=None, help="Optuna sampler: TPE, NSGA-II or random (default: tpe)"
+        "--sampler",
+        choices=SAMPLERS,
+        default=None,
+        help="Optuna sampler: TPE, NSGA-II, GP (Gaussian process, for small, expensive studies) or random, each "
+        "sized to --num-samples; the study prints the settings (default: tpe)",
     )
     what.add_argument("--seed", type=int, default=None, help="seed of the sampler (default: 0)")
     what.add_argument(
         "--scheduler",
         choices=SCHEDULERS,
         default=None,
-        help="fifo runs every trial to its end; asha stops trials whose first objective lags at a pruning step "
-        "(recorded as pruned, never on the front) (default: fifo)",
+        help=SCHEDULER_HELP,
     )
     what.add_argument(
         "--smoke",

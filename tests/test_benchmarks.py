@@ -18,7 +18,7 @@ import pytest
 import torch
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
-SCRIPTS = ("adapter_step", "pruned_inference", "criteria_cost", "claim", "gpu")
+SCRIPTS = ("adapter_step", "pruned_inference", "criteria_cost", "claim", "gpu", "harness_scale")
 
 
 def load(name: str) -> ModuleType:
@@ -274,6 +274,17 @@ def test_gpu_measurement_runs_on_cpu_tensors() -> None:
     for name in ("loader_pil_w0", "loader_gpu_resident", "model_only_splora", "end_to_end_gpu_resident_finetune"):
         assert rates[name] > 0, name
     assert set(gpu.summary(rates)) == {"end_to_end_over_model_only", "splora_over_finetune", "paper_trial_minutes"}
+
+
+def test_harness_scale_helpers() -> None:
+    scale = load("harness_scale")
+    points = scale.synthetic_points(800)
+    assert len(points) == 800 and points["step"].max() == 18
+    assert points["val_accuracy"].duplicated().any()  # ties, as rounded accuracies give
+    from study.pareto import front_frame
+
+    assert front_frame(points, scale.METRICS, scale.MODES).equals(scale.pairwise_front_frame(points))
+    assert scale.book_add_seconds(points, last=100) > 0
 
 
 # --- command lines ------------------------------------------------------------------------------------------------

@@ -151,3 +151,41 @@ def test_write_front_html_and_png(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["front.html", "front.png"]
     with pytest.raises(ValueError, match="two objectives"):
         write_front_png(points, front, ["val_accuracy"], ["max"], tmp_path / "one.png", title="x")
+
+
+def _pairwise_mask(values: np.ndarray, modes: list[str]) -> list[bool]:
+    """The O(n^2) definition, written out: what pareto_mask computed before its two-objective sort and sweep."""
+    losses = values * np.array([-1.0 if mode == "max" else 1.0 for mode in modes])
+    valid = ~np.isnan(losses).any(axis=1)
+    mask = []
+    for i, row in enumerate(losses):
+        if not valid[i]:
+            mask.append(False)
+            continue
+        others = losses[valid]
+        dominated = ((others <= row).all(axis=1) & (others < row).any(axis=1)).any()
+        mask.append(not dominated)
+    return mask
+
+
+@pytest.mark.parametrize("seed", range(12))
+@pytest.mark.parametrize("modes", [["max", "min"], ["min", "min"], ["max", "max"], ["min", "max"]])
+def test_pareto_mask_two_objectives_equals_pairwise_check(seed: int, modes: list[str]) -> None:
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(1, 300))
+    # Few distinct values: many ties in one objective, exact duplicates; some NaN and infinities.
+    values = rng.integers(0, 12, size=(n, 2)).astype(float)
+    if seed % 2:
+        values[:, 1] = rng.normal(size=n).round(1)
+    values[rng.random(n) < 0.03, 0] = NAN
+    values[rng.random(n) < 0.03, 1] = NAN
+    values[rng.random(n) < 0.02, int(rng.integers(2))] = INF
+    values[rng.random(n) < 0.02, int(rng.integers(2))] = -INF
+    values = np.vstack([values, values[: n // 5]])  # duplicated rows
+    assert pareto_mask(values, modes) == _pairwise_mask(values, modes)
+
+
+def test_pareto_mask_two_objectives_continuous_values_equal_pairwise_check() -> None:
+    rng = np.random.default_rng(7)
+    values = rng.normal(size=(2000, 2))
+    assert pareto_mask(values, ["max", "min"]) == _pairwise_mask(values, ["max", "min"])

@@ -77,6 +77,12 @@ def test_each_ending_is_told_as_what_it_was() -> None:
 
     a, b, c, d, e = searcher.study.trials
     assert (a.state, a.values) == (TrialState.PRUNED, None) and "step 1 of 3" in a.user_attrs["pruned_because"]
+    # what it had reached when stopped, beside the reason (never its values: they are not final)
+    assert {k: v for k, v in a.user_attrs.items() if k.startswith("last_")} == {
+        "last_step": 1.0,
+        "last_val_accuracy": 0.8,
+        "last_learned_params": 1000.0,
+    }
     assert (b.state, b.values) == (TrialState.FAIL, None) and "val_accuracy is nan" in b.user_attrs["failed_because"]
     assert (c.state, c.values) == (TrialState.COMPLETE, [0.9, 500.0])
     assert (d.state, d.values) == (TrialState.FAIL, None) and d.user_attrs["failed_because"]

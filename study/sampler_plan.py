@@ -1,0 +1,109 @@
+"""The sampler's settings sized to the study's budget: a pure function of (sampler, trials, parameters, concurrency).
+No Optuna until a sampler is built, so the command checks ``--sampler`` without it.
+
+Optuna's defaults suit long studies: ``TPESampler`` samples at random until ``n_startup_trials=10`` trials have
+*finished* (COMPLETE or PRUNED), ``GPSampler`` until 10 have COMPLETED, and ``NSGAIISampler`` breeds generations of
+``population_size=50``. An 8-trial study with TPE is then pure random search, and a 64-trial NSGA-II study about one
+generation. The rules here (each setting's reason travels with the plan, for the study header and the parent run):
+
+- ``tpe``: about a third of the budget random, then TPE. Trials run ``max_concurrent`` at a time and the startup count
+  is of *finished* trials, so about ``n_startup_trials + max_concurrent - 1`` trials are drawn at random; the plan
+  subtracts the overlap. At least 2 (TPE splits the finished trials into a good and a bad group), at most
+  ``11 * params - 1``, the MOTPE paper's recommendation for large budgets (Ozaki et al. 2020, quoted in Optuna's
+  ``MOTPESampler`` docs), or Optuna's 10 when the number of parameters is not given.
+- ``nsga2``: a population of a quarter of the budget (at least 4 generations), at least 4 (crossover needs two
+  parents, and selection some choice) and at most Optuna's 50; never more than the budget.
+- ``gp``: Optuna's ``GPSampler`` (multi-objective through log expected hypervolume improvement; needs torch and
+  scipy, both dependencies here). A quarter of the budget random, less the concurrency overlap, at least 2, at most
+  Optuna's 10. It counts COMPLETE trials only (pruned ones teach it nothing), and parameters that exist only in some
+  trials (conditional ones, e.g. ``rank`` when the learner is searched) are sampled at random.
+- ``random``: no settings.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import optuna
+
+__all__ = ["SAMPLER_NAMES", "SamplerPlan", "plan_sampler", "build_sampler"]
+
+SAMPLER_NAMES = ("tpe", "nsga2", "gp", "random")
+_OPTUNA_STARTUP = 10  # TPESampler's and GPSampler's default n_startup_trials
+_OPTUNA_POPULATION = 50  # NSGAIISampler's default population_size
+
+
+@dataclass(frozen=True)
+class SamplerPlan:
+    """A sampler and its settings (keyword arguments of its Optuna class), with one line saying why."""
+
+    name: str
+    settings: dict[str, Any] = field(default_factory=dict)
+    reason: str = ""
+
+    def params(self) -> dict[str, Any]:
+        """Flat ``sampler`` and ``sampler_<setting>`` entries, for the parent run's params and the study header."""
+        return {"sampler": self.name, **{f"sampler_{key}": value for key, value in self.settings.items()}}
+
+    def header(self) -> str:
+        settings = ", ".join(f"{key}={value}" for key, value in self.settings.items())
+        return f"{self.name}({settings}): {self.reason}" if settings else f"{self.name}: {self.reason}"
+
+
+def plan_sampler(name: str, *, num_samples: int, num_params: int | None = None, max_concurrent: int = 1) -> SamplerPlan:
+    """The settings of sampler ``name`` for a study of ``num_samples`` trials over ``num_params`` searched
+    parameters, ``max_concurrent`` at a time; see the module docstring for the rules."""
+    if name not in SAMPLER_NAMES:
+        raise ValueError(f"sampler={name!r} is not allowed; allowed: {', '.join(SAMPLER_NAMES)}")
+    if num_samples < 1 or max_concurrent < 1 or (num_params is not None and num_params < 1):
+        raise ValueError(f"need positive sizes: {num_samples=}, {num_params=}, {max_concurrent=}")
+    overlap = min(max_concurrent, num_samples) - 1  # trials asked before the first one finishes
+    if name == "tpe":
+        cap = 11 * num_params - 1 if num_params else _OPTUNA_STARTUP
+        startup = _clamp(math.ceil(num_samples / 3) - overlap, 2, cap)
+        random_trials = min(num_samples, startup + overlap)
+        return SamplerPlan(
+            name,
+            {"n_startup_trials": startup},
+            f"about {random_trials} of {num_samples} trials random ({startup} finished before TPE, "
+            f"{max_concurrent} at a time), then TPE",
+        )
+    if name == "nsga2":
+        population = min(num_samples, _clamp(num_samples // 4, 4, _OPTUNA_POPULATION))
+        population = max(population, 2)  # Optuna's minimum
+        generations = num_samples / population
+        return SamplerPlan(
+            name, {"population_size": population}, f"{generations:.1f} generations of {population} trials"
+        )
+    if name == "gp":
+        startup = _clamp(math.ceil(num_samples / 4) - overlap, 2, _OPTUNA_STARTUP)
+        random_trials = min(num_samples, startup + overlap)
+        return SamplerPlan(
+            name,
+            {"n_startup_trials": startup},
+            f"about {random_trials} of {num_samples} trials random ({startup} completed before the GP), then "
+            "log expected hypervolume improvement",
+        )
+    return SamplerPlan(name, {}, f"all {num_samples} trials at random")
+
+
+def build_sampler(plan: SamplerPlan, seed: int) -> optuna.samplers.BaseSampler:
+    """The Optuna sampler of ``plan``, seeded."""
+    import optuna  # local: the command checks --sampler and prints the plan before Optuna loads
+
+    if plan.name == "tpe":
+        return optuna.samplers.TPESampler(seed=seed, **plan.settings)
+    if plan.name == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=seed, **plan.settings)
+    if plan.name == "gp":
+        return optuna.samplers.GPSampler(seed=seed, **plan.settings)
+    if plan.name == "random":
+        return optuna.samplers.RandomSampler(seed=seed, **plan.settings)
+    raise ValueError(f"sampler={plan.name!r} is not allowed; allowed: {', '.join(SAMPLER_NAMES)}")
+
+
+def _clamp(value: int, low: int, high: int) -> int:
+    return max(low, min(high, value))

@@ -1,0 +1,231 @@
+"""study.moasha: the ranking on hand-made rungs, the scheduler on synthetic result streams with known curves, its
+rung records across pickling and across a driver resume (the journal), and one real Tune run with null trials."""
+
+from __future__ import annotations
+
+import math
+import pickle
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+from ray.tune.schedulers import TrialScheduler
+
+from study.moasha import (
+    MOASHAScheduler,
+    crowding_distances,
+    nondominated_fronts,
+    rung_milestones,
+    rung_order,
+    survives,
+)
+
+NAN, INF = math.nan, math.inf
+CONTINUE, STOP = TrialScheduler.CONTINUE, TrialScheduler.STOP
+
+
+# --- the ranking ---------------------------------------------------------------------------------------------------
+
+
+def test_rung_milestones() -> None:
+    assert rung_milestones(1, 2, 19) == [1, 2, 4, 8, 16]
+    assert rung_milestones(2, 3, 18) == [2, 6, 18]
+    assert rung_milestones(1, 2, 1) == [1]
+    with pytest.raises(ValueError, match="reduction_factor"):
+        rung_milestones(1, 1, 4)
+
+
+def test_nondominated_fronts_peel_layers() -> None:
+    losses = [(1, 5), (2, 2), (5, 1), (3, 3), (4, 4), (6, 6), (2, 2), (NAN, 0)]
+    # NaN counts as the worst value: (inf, 0) is not dominated by a point with a larger second loss.
+    assert nondominated_fronts(losses).tolist() == [0, 0, 0, 1, 2, 3, 0, 0]
+
+
+def test_crowding_distance_extremes_infinite_middle_by_gaps() -> None:
+    distance = crowding_distances([(0, 4), (1, 2), (2, 1), (4, 0)])
+    assert distance[0] == distance[3] == INF
+    assert distance[1] == pytest.approx(2 / 4 + 3 / 4)  # gaps (2 - 0) / 4 and (4 - 1) / 4
+    assert distance[2] == pytest.approx(3 / 4 + 2 / 4)
+
+
+@pytest.mark.parametrize(
+    ("losses", "index", "eta", "expected"),
+    [
+        ([(1, 1)], 0, 2, True),  # the first at a rung continues
+        ([(-0.9, 100), (-0.8, 50)], 1, 2, True),  # both on the front, both extremes: a tie goes to the newcomer
+        ([(-0.9, 100), (-0.8, 50), (-0.7, 120)], 2, 2, False),  # dominated by two of three: outside the top 2
+        ([(-0.9, 100), (-0.7, 120)], 1, 2, False),  # dominated by the one other: outside the top 1
+        ([(-0.9, 100), (-0.7, 120)], 1, 1.5, True),  # top ceil(2 / 1.5) = 2: both continue
+        # a front of three, then the middle of it arrives: the two extremes rank ahead, ceil(4 / 2) = 2
+        ([(-0.9, 100), (-0.6, 20), (-0.5, 150), (-0.8, 50)], 3, 2, False),
+        ([(-0.9, 100), (-0.6, 20), (-0.5, 150), (-0.8, 50)], 3, 4, False),
+        ([(-0.9, 100), (-0.6, 20), (-0.5, 150), (-0.8, 50)], 3, 1.3, True),
+    ],
+)
+def test_survives(losses, index, eta, expected) -> None:
+    assert survives(losses, index, eta) is expected
+
+
+def test_rung_order_ranks_fronts_then_crowding() -> None:
+    fronts, crowding = rung_order([(0, 4), (1, 2), (2, 1), (4, 0), (3, 3)])
+    assert fronts.tolist() == [0, 0, 0, 0, 1]
+    assert crowding[0] == crowding[3] == INF and np.isfinite(crowding[1])
+
+
+# --- synthetic result streams with known curves --------------------------------------------------------------------
+
+
+def curve(accuracy: float, params: float, steps: int) -> list[dict]:
+    """A trial's results over pruning steps 0..steps: accuracy falls by 0.02 and parameters by 30% per step.
+
+    The same monotone change for every trial, so which trial dominates which is the same at every step."""
+    return [
+        {"step": s, "val_accuracy": accuracy - 0.02 * s, "learned_params": params * 0.7**s, "final_step": steps}
+        for s in range(steps + 1)
+    ]
+
+
+# Four trials on the front, each more accurate and more expensive than the ones before it (each arrives as an
+# extreme of the front: nobody ranks strictly ahead of it), then four dominated ones.
+FRONT = {"f1": (0.60, 20), "f2": (0.70, 40), "f3": (0.80, 80), "f4": (0.90, 160)}
+DOMINATED = {"d1": (0.65, 50), "d2": (0.55, 30), "d3": (0.85, 200), "d4": (0.50, 170)}
+
+
+def run_stream(scheduler: MOASHAScheduler, trials: dict[str, tuple[float, float]], steps: int = 8) -> dict[str, int]:
+    """Feed every trial's results in arrival order (one trial after the other, as with one worker); return the
+    step at which each was stopped, or -1."""
+    stopped = {}
+    for trial_id, (accuracy, params) in trials.items():
+        stopped[trial_id] = -1
+        for result in curve(accuracy, params, steps):
+            if scheduler.decide(trial_id, result) == STOP:
+                stopped[trial_id] = result["step"]
+                break
+    return stopped
+
+
+def make(journal: Path | None = None, eta: float = 2) -> MOASHAScheduler:
+    return MOASHAScheduler(
+        metrics=["val_accuracy", "learned_params"],
+        modes=["max", "min"],
+        max_t=8,
+        reduction_factor=eta,
+        final_attr="final_step",
+        journal=journal,
+    )
+
+
+def test_stops_exactly_the_dominated_trials() -> None:
+    stopped = run_stream(make(), {**FRONT, **DOMINATED})
+    assert {t for t, step in stopped.items() if step >= 0} == set(DOMINATED)
+    assert all(stopped[t] == 1 for t in DOMINATED)  # at the first rung (grace period 1)
+
+
+def test_accuracy_alone_would_stop_the_cheap_end() -> None:
+    """What ASHA on val_accuracy does to the same stream: the cheapest front member is stopped; MOASHA keeps it."""
+    cheap_first = {"f4": FRONT["f4"], "f3": FRONT["f3"], "f1": FRONT["f1"]}
+    assert run_stream(make(), cheap_first)["f1"] == -1
+    accuracy_only = MOASHAScheduler(metrics=["val_accuracy"], modes=["max"], max_t=8, final_attr="final_step")
+    assert run_stream(accuracy_only, cheap_first)["f1"] == 1
+
+
+def test_a_trial_at_its_final_step_is_never_stopped() -> None:
+    scheduler = make()
+    run_stream(scheduler, FRONT)
+    assert run_stream(scheduler, {"short": (0.1, 1000)}, steps=1) == {"short": -1}  # dominated, but done
+    assert "short" in scheduler.rungs[1.0]  # and recorded
+
+
+def test_results_without_the_metrics_or_before_the_grace_period_continue() -> None:
+    scheduler = make()
+    assert scheduler.decide("a", {"step": 3}) == CONTINUE
+    assert scheduler.decide("a", {"step": 0, "val_accuracy": 0.1, "learned_params": 9}) == CONTINUE
+    assert all(not recorded for recorded in scheduler.rungs.values())
+
+
+def test_rung_records_survive_pickling() -> None:
+    trials = {**FRONT, **DOMINATED}
+    first, second = dict(list(trials.items())[:5]), dict(list(trials.items())[5:])
+    whole = make()
+    expected = run_stream(whole, trials)
+    scheduler = make()
+    run_stream(scheduler, first)
+    restored = pickle.loads(pickle.dumps(scheduler))
+    assert restored.rungs == scheduler.rungs
+    assert run_stream(restored, second) == {t: expected[t] for t in second}
+    assert restored.rungs == whole.rungs
+
+
+def test_rung_records_survive_a_driver_resume(tmp_path: Path) -> None:
+    """Tune brings the scheduler back as pickled when the study began (empty rungs): the journal refills them."""
+    journal = tmp_path / "moasha_rungs.jsonl"
+    trials = {**FRONT, **DOMINATED}
+    first, second = dict(list(trials.items())[:5]), dict(list(trials.items())[5:])
+    expected = run_stream(make(), trials)
+    as_pickled_at_start = pickle.dumps(make(journal))
+    run_stream(pickle.loads(as_pickled_at_start), first)  # the first driver, then killed
+    resumed = pickle.loads(as_pickled_at_start)
+    assert run_stream(resumed, second) == {t: expected[t] for t in second}
+    assert set(resumed.rungs[1.0]) == set(trials)
+    # a trial that continues after the resume repeats no judgement at a rung it was already recorded at
+    assert resumed.decide("f1", curve(*FRONT["f1"], 8)[1]) == CONTINUE
+    assert len(journal.read_text().splitlines()) == sum(len(r) for r in resumed.rungs.values())
+
+
+def test_save_and_restore(tmp_path: Path) -> None:
+    scheduler = make()
+    run_stream(scheduler, FRONT)
+    scheduler.save(str(tmp_path / "scheduler.pkl"))
+    other = make()
+    other.restore(str(tmp_path / "scheduler.pkl"))
+    assert other.rungs == scheduler.rungs and other.num_stopped == scheduler.num_stopped
+
+
+def test_on_trial_result_and_complete_use_the_trial_id() -> None:
+    scheduler = make()
+    trial = SimpleNamespace(trial_id="t1")
+    assert scheduler.on_trial_result(None, trial, curve(0.5, 10, 2)[1]) == CONTINUE
+    scheduler.on_trial_complete(None, trial, curve(0.5, 10, 2)[2])
+    assert set(scheduler.rungs[1.0]) == {"t1"} and set(scheduler.rungs[2.0]) == {"t1"}
+
+
+def test_refuses_bad_settings() -> None:
+    with pytest.raises(ValueError, match="one mode per metric"):
+        MOASHAScheduler(metrics=["a", "b"], modes=["max"], max_t=4)
+    with pytest.raises(ValueError, match="allowed: max, min"):
+        MOASHAScheduler(metrics=["a"], modes=["maximize"], max_t=4)
+
+
+# --- one real Tune run ---------------------------------------------------------------------------------------------
+
+
+def null_trial(config: dict) -> None:
+    from ray import tune
+
+    _, accuracy, params = config["trial"]
+    for result in curve(accuracy, params, 4):
+        tune.report(result)
+
+
+def test_tune_run_stops_the_dominated_trials(ray_cluster, tmp_path: Path) -> None:
+    from ray import tune
+
+    trials = {**FRONT, **DOMINATED}
+    scheduler = MOASHAScheduler(
+        metrics=["val_accuracy", "learned_params"],
+        modes=["max", "min"],
+        max_t=4,
+        final_attr="final_step",
+        journal=tmp_path / "rungs.jsonl",
+    )
+    tuner = tune.Tuner(
+        tune.with_resources(null_trial, {"cpu": 1}),
+        # one trial at a time, in this order: the arrival order the stream test uses
+        param_space={"trial": tune.grid_search([(name, *curve) for name, curve in trials.items()])},
+        tune_config=tune.TuneConfig(scheduler=scheduler, max_concurrent_trials=1),
+        run_config=tune.RunConfig(name="moasha", storage_path=str(tmp_path), verbose=0),
+    )
+    last_step = {result.config["trial"][0]: result.metrics["step"] for result in tuner.fit()}
+    assert {name for name, step in last_step.items() if step < 4} == set(DOMINATED)
+    assert len((tmp_path / "rungs.jsonl").read_text().splitlines()) > len(trials)
