@@ -136,6 +136,7 @@ def build_tuner(settings: StudySettings, space: SearchSpace, max_concurrent: int
 
     import optuna
 
+    from study.constraints import OptunaConstraints
     from study.sampler_plan import build_sampler, plan_sampler
     from study.searcher import StudySearch, StudySearcher
     from study.tracking import StudyTracker
@@ -149,9 +150,14 @@ def build_tuner(settings: StudySettings, space: SearchSpace, max_concurrent: int
         settings.sampler, num_samples=settings.num_samples, num_params=len(space.params), max_concurrent=max_concurrent
     )
     print(f"sampler: {sampler_plan.header()}", flush=True)
+    constraints = space.constraints.declared()
     searcher = StudySearcher(
         space,
-        sampler=build_sampler(sampler_plan, settings.seed),
+        sampler=build_sampler(
+            sampler_plan,
+            settings.seed,
+            constraints_func=OptunaConstraints(len(constraints)) if constraints else None,
+        ),
         storage=optuna.storages.RDBStorage(settings.optuna_storage),
         study_name=settings.name,
     )
@@ -183,9 +189,11 @@ def build_tuner(settings: StudySettings, space: SearchSpace, max_concurrent: int
             "max_concurrent": max_concurrent,
             "smoke": settings.smoke,
             "objectives": ",".join(f"{m}:{mode}" for m, mode in zip(space.metrics, space.modes, strict=True)),
+            **{f"constraint_{key}": value for key, value in space.constraints.spec().items()},
         },
         tags={**_versions(), "space": settings.space, "mlflow.note.content": space.description},
         defaults=ExperimentConfig().to_flat(),
+        constraints=space.constraints,
     )
     tuner = tune.Tuner(
         trainable,

@@ -4,7 +4,8 @@ One experiment per study (by default), one parent run per study (tag ``study_id`
 (``PARENT_TAG``; tags ``trial_id``, ``trial_number``, ``learner``, ``criterion``, ``node_ip``; params = the
 trial's settings; one metric value per pruning step, MLflow step = pruning step). A trial ends FINISHED,
 KILLED (stopped early by the scheduler: tag ``stopped_by``) or FAILED (tag ``error``), judged as Optuna is told
-(``study.outcome.judge``). Every time a trial ends the front book (``study.front``) updates the fronts
+(``study.outcome.judge``); a completed trial that breaks the space's constraints is tagged ``constraint_violated``
+(the reason) and is on no front. Every time a trial ends the front book (``study.front``) updates the fronts
 incrementally and the completed runs whose membership changed are tagged ``pareto=true`` or ``false``; the front
 files (in the study directory, logged as artifacts of the parent run) are written by a background thread, at most
 every few seconds and always at the study's end (Ctrl-C included), so the event loop never waits for a plot.
@@ -30,6 +31,7 @@ from ray import cloudpickle
 from ray.tune import Callback
 from ray.tune.experiment import Trial
 
+from study.constraints import VIOLATION, Constraints
 from study.front import FrontBook, FrontWriter
 from study.names import PARENT_TAG, STUDY_KEYS, TRIAL_NUMBER, trial_name
 from study.outcome import COMPLETE, FAILED, PRUNED, judge, one_line
@@ -59,6 +61,7 @@ class StudyTracker(Callback):
         params: Mapping[str, Any],
         tags: Mapping[str, str],
         defaults: Mapping[str, Any] | None = None,
+        constraints: Constraints | None = None,
     ) -> None:
         self.tracking_uri = tracking_uri
         self.experiment_name = experiment_name
@@ -73,6 +76,7 @@ class StudyTracker(Callback):
         # The flat settings of the default experiment (``ExperimentConfig().to_flat()``): a run's params are these
         # with the trial's own on top, so they say how to repeat it.
         self.defaults = dict(defaults or {})
+        self.constraints = constraints or Constraints()  # a trial that breaks one is tagged and on no front
         self._reset()
 
     def _reset(self) -> None:
@@ -82,7 +86,7 @@ class StudyTracker(Callback):
         self._runs: dict[str, str] = {}  # trial_id -> run_id
         self._logged_steps: dict[str, set[int]] = {}  # run_id -> steps logged
         self._nodes: dict[str, list[str]] = {}  # run_id -> ids of the Ray nodes it ran on
-        self._book = FrontBook(self.metrics, self.modes)
+        self._book = FrontBook(self.metrics, self.modes, self.constraints)
         self._writer: FrontWriter | None = None  # started in setup: a thread, never pickled
         self._started: set[str] = set()  # trial_ids started in this session
         self._ended: set[str] = set()  # trial_ids recorded as ended in this session
@@ -96,7 +100,7 @@ class StudyTracker(Callback):
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update({"defaults": {}, **state})  # a tuner pickled before defaults existed
+        self.__dict__.update({"defaults": {}, "constraints": Constraints(), **state})  # pickled before these existed
         self._reset()
 
     @property
@@ -310,6 +314,9 @@ class StudyTracker(Callback):
             final = self._book.points.get((run_id, outcome.step)) or self._point(
                 trial, run_id, status, outcome.step, trial.last_result
             )
+            violation = self._book.violation(run_id, final)
+            if violation:
+                tags.update({VIOLATION: violation, "pareto": "false"})
         else:
             tags["pareto"] = "false"
         self._book.end(run_id, status, final)
