@@ -1,9 +1,25 @@
-"""Timing shared by the benchmark scripts: interleaved rounds, so machine noise hits every variant alike."""
+"""What the benchmark scripts share: the flags that set the timing, interleaved rounds (so machine noise hits every
+variant alike), and the ``name=value`` last line they print."""
 
 from __future__ import annotations
 
+import argparse
 import time
 from collections.abc import Callable
+
+
+def add_timing_flags(
+    parser: argparse.ArgumentParser,
+    *,
+    threads: int,
+    rounds: int,
+    warmup: int,
+    rounds_help: str = "timed rounds per variant",
+) -> None:
+    """``--threads`` (torch threads), ``--rounds`` and ``--warmup`` (of ``round_robin``), with a script's defaults."""
+    parser.add_argument("--threads", type=int, default=threads, help=f"torch threads (default: {threads})")
+    parser.add_argument("--rounds", type=int, default=rounds, help=f"{rounds_help} (default: {rounds})")
+    parser.add_argument("--warmup", type=int, default=warmup, help=f"untimed rounds first (default: {warmup})")
 
 
 def round_robin(calls: dict[str, Callable[[], object]], rounds: int, warmup: int) -> dict[str, list[float]]:
@@ -17,3 +33,8 @@ def round_robin(calls: dict[str, Callable[[], object]], rounds: int, warmup: int
             if round_index >= warmup:
                 times[name].append(elapsed)
     return times
+
+
+def last_line(values: dict[str, float], digits: int = 2) -> str:
+    """``name=value`` pairs separated by single spaces, values rounded to ``digits`` decimals."""
+    return " ".join(f"{name}={value:.{digits}f}" for name, value in values.items())

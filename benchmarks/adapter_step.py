@@ -26,7 +26,7 @@ from spa.adapters import add_splora
 from spa.models import build_resnet
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the helpers shared by the scripts beside this one
-from _timing import round_robin  # noqa: E402
+from _timing import add_timing_flags, round_robin  # noqa: E402
 
 
 def reference_splora(model: nn.Module, rank: int, init_range: float) -> nn.Module:
@@ -87,9 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         help="cifar: 3x3/1 stem, no max-pool, as the paper's 32 px runs; imagenet: 7x7/2 + max-pool (default: cifar)",
     )
     parser.add_argument("--rank", type=int, default=8, help="SPLoRA rank (default: 8)")
-    parser.add_argument("--threads", type=int, default=2, help="torch threads (default: 2)")
-    parser.add_argument("--rounds", type=int, default=15, help="timed rounds per variant (default: 15)")
-    parser.add_argument("--warmup", type=int, default=3, help="untimed rounds first (default: 3)")
+    add_timing_flags(parser, threads=2, rounds=15, warmup=3)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)

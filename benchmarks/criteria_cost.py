@@ -37,7 +37,7 @@ from spa.data import load_splits
 from spa.models import ARCHITECTURES, build_resnet
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the helpers shared by the scripts beside this one
-from _timing import round_robin  # noqa: E402
+from _timing import add_timing_flags, last_line, round_robin  # noqa: E402
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
@@ -60,9 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="3x3/1 stem without max-pool (16x the FLOPs at 32 px) instead of the digits task's (default: off)",
     )
-    parser.add_argument("--threads", type=int, default=2, help="torch threads (default: 2)")
-    parser.add_argument("--rounds", type=int, default=7, help="timed rounds (default: 7)")
-    parser.add_argument("--warmup", type=int, default=1, help="untimed rounds first (default: 1)")
+    add_timing_flags(parser, threads=2, rounds=7, warmup=1, rounds_help="timed rounds")
     return parser
 
 
@@ -73,11 +71,6 @@ def cost_ratios(times: dict[str, list[float]], baseline: str = "train") -> dict[
     """Median time of every call but ``baseline`` over the median time of ``baseline``."""
     base = statistics.median(times[baseline])
     return {name: statistics.median(values) / base for name, values in times.items() if name != baseline}
-
-
-def last_line(values: dict[str, float], digits: int = 2) -> str:
-    """``name=value`` pairs separated by single spaces, values rounded to ``digits`` decimals."""
-    return " ".join(f"{name}={value:.{digits}f}" for name, value in values.items())
 
 
 # --- the timed calls -----------------------------------------------------------------------------------------------

@@ -40,6 +40,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -54,6 +55,9 @@ from spa.data import IMAGENET_MEAN, IMAGENET_STD, DatasetInfo
 from spa.gpu_data import CROP_PADDING, Augmentation, DeviceLoader, DeviceSet
 from spa.models import build_resnet
 from spa.training import autocast
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the helpers shared by the scripts beside this one
+from _timing import last_line  # noqa: E402
 
 CIFAR10_TRAIN_IMAGES = 45_000  # 50,000 less the 10 % val split
 CIFAR10_EVAL_IMAGES = 15_000  # val 5,000 + test 10,000, evaluated after every step
@@ -93,11 +97,6 @@ def paper_trial_minutes(train_images_per_second: float) -> float:
     train = CIFAR10_TRAIN_IMAGES * epochs / train_images_per_second
     evaluation = CIFAR10_EVAL_IMAGES * (PAPER_STEPS + 1) / (EVAL_SPEEDUP * train_images_per_second)
     return (train + evaluation) / 60
-
-
-def last_line(values: dict[str, float], digits: int = 2) -> str:
-    """``name=value`` pairs separated by single spaces, values rounded to ``digits`` decimals."""
-    return " ".join(f"{name}={value:.{digits}f}" for name, value in values.items())
 
 
 # --- data --------------------------------------------------------------------------------------------------------

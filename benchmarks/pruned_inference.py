@@ -49,7 +49,7 @@ from spa.models import ARCHITECTURES, build_resnet
 from spa.pruning import network_conv_names, prune_to_density
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the helpers shared by the scripts beside this one
-from _timing import round_robin  # noqa: E402
+from _timing import add_timing_flags, last_line, round_robin  # noqa: E402
 
 CLASSES = 10
 
@@ -82,9 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="finetune: the plain pruned network; splora: a rank-8 SPLoRA network pruned, then merged "
         "(default: finetune splora)",
     )
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (default: 1)")
-    parser.add_argument("--rounds", type=int, default=10, help="timed rounds per variant (default: 10)")
-    parser.add_argument("--warmup", type=int, default=2, help="untimed rounds first (default: 2)")
+    add_timing_flags(parser, threads=1, rounds=10, warmup=2)
     parser.add_argument(
         "--memory-format",
         choices=("channels_last", "contiguous"),
@@ -109,11 +107,6 @@ def median_ratios(times: dict[str, list[float]], baseline: str) -> dict[str, flo
     """Median time of every variant over the median time of ``baseline``."""
     base = statistics.median(times[baseline])
     return {name: statistics.median(values) / base for name, values in times.items()}
-
-
-def last_line(values: dict[str, float], digits: int = 2) -> str:
-    """``name=value`` pairs separated by single spaces, values rounded to ``digits`` decimals."""
-    return " ".join(f"{name}={value:.{digits}f}" for name, value in values.items())
 
 
 def time_over_flops(time_ratio: dict[str, float], flop_counts: dict[str, int]) -> dict[str, float]:

@@ -171,15 +171,16 @@ def test_write_atomically_gives_the_permissions_of_a_plainly_created_file(tmp_pa
     assert stat.S_IMODE(atomic.stat().st_mode) == stat.S_IMODE(plain.stat().st_mode)
 
 
-def test_write_atomically_keeps_the_old_file_when_writing_fails(tmp_path: Path) -> None:
+@pytest.mark.parametrize("error", [RuntimeError, OSError])
+def test_write_atomically_keeps_the_old_file_when_writing_fails(tmp_path: Path, error: type[Exception]) -> None:
     target = tmp_path / "table.csv"
     target.write_text("old\n")
 
     def failing(path: Path) -> None:
         path.write_text("half")
-        raise RuntimeError("disk full")
+        raise error("disk full")
 
-    with pytest.raises(RuntimeError, match="disk full"):
+    with pytest.raises(error, match="disk full"):
         write_atomically(target, failing)
     assert target.read_text() == "old\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["table.csv"]

@@ -10,7 +10,6 @@ import optuna
 import pandas as pd
 import pytest
 
-from spa.files import write_atomically
 from study.pareto import (
     front_frame,
     front_line,
@@ -133,20 +132,6 @@ def test_write_front_csv_round_trips(tmp_path: Path) -> None:
     path = write_front_csv(front, tmp_path / "sub" / "front.csv")
     pd.testing.assert_frame_equal(pd.read_csv(path), front)
     assert sorted(p.name for p in path.parent.iterdir()) == ["front.csv"]  # no temporary file left
-
-
-def test_write_atomically_keeps_the_old_file_when_writing_fails(tmp_path: Path) -> None:
-    path = tmp_path / "front.csv"
-    path.write_text("old\n")
-
-    def fail(temporary: Path) -> None:
-        temporary.write_text("half")
-        raise OSError("disk full")
-
-    with pytest.raises(OSError, match="disk full"):
-        write_atomically(path, fail)
-    assert path.read_text() == "old\n"
-    assert [p.name for p in tmp_path.iterdir()] == ["front.csv"]
 
 
 def test_write_front_html_and_png(tmp_path: Path) -> None:
