@@ -30,6 +30,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _timing import last_line  # noqa: E402
+
 SAMPLER_ARMS = ("random", "tpe", "gp")
 METRICS = ("val_accuracy", "learned_params")
 
@@ -56,7 +59,7 @@ def hypervolume_2d(losses: np.ndarray, reference: Sequence[float]) -> float:
             if later_second < second:
                 next_first = later_first
                 break
-        area += (next_first - first) * (best_second - second)
+        area += (next_first - first) * (reference[1] - second)
         best_second = second
     return float(area)
 
@@ -83,8 +86,9 @@ def ratio_and_spread(numerator: Sequence[float], denominator: Sequence[float]) -
     return ratio, statistics.stdev(per_seed) if len(per_seed) > 1 else 0.0
 
 
-def last_line(ratios: dict[str, float]) -> str:
-    return " ".join(f"{name}={ratios[name]:.3f}" for name in ("tpe_over_random", "gp_over_random", "moasha_over_fifo"))
+def ratios_line(ratios: dict[str, float]) -> str:
+    """The last line: the three ratios, in the issue's order."""
+    return last_line({name: ratios[name] for name in ("tpe_over_random", "gp_over_random", "moasha_over_fifo")}, 3)
 
 
 # --- studies ------------------------------------------------------------------------------------------------------
@@ -201,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
         ratios[name], spreads[name] = ratio_and_spread(*by_seed)
         beyond = "beyond" if abs(ratios[name] - 1) > spreads[name] else "within"
         print(f"{name}: {ratios[name]:.3f} (per-seed ratios' spread {spreads[name]:.3f}: {beyond} the spread)")
-    print(last_line(ratios))
+    print(ratios_line(ratios))
     return 0
 
 

@@ -8,9 +8,10 @@ A space may declare them (a base's are merged key by key, like ``[fixed]``)::
     max_flops = 5e8                     # optional ceilings on the pruned network
     max_params = 1e6
 
-Each declared constraint is one value, ``<= 0`` when it holds (Optuna's convention for ``constraints_func``): the
-samplers learn from them (``OptunaConstraints``), and a trial that breaks one is recorded (Optuna user attribute and
-MLflow tag ``constraint_violated`` with the reason) and never enters a front. Plain data: no Optuna, Ray or MLflow.
+Each declared constraint is one value, ``<= 0`` when it holds (Optuna's convention): the searcher tells them to
+Optuna (``Trial.set_constraint``, Optuna 5's mechanism, which TPE, NSGA-II and GP learn from), and a trial that
+breaks one is recorded (Optuna user attribute and MLflow tag ``constraint_violated`` with the reason) and never
+enters a front. Plain data: no Optuna, Ray or MLflow.
 """
 
 from __future__ import annotations
@@ -28,11 +29,10 @@ __all__ = [
     "VIOLATION",
     "UNPRUNED_VAL_ACCURACY",
     "Constraints",
-    "OptunaConstraints",
     "parse_constraints",
 ]
 
-# Optuna user attribute: the constraint values of a trial, one per declared constraint, <= 0 when it holds.
+# Optuna user attribute: the constraint values of a trial by name, <= 0 when it holds (also told as its constraints).
 CONSTRAINTS_ATTR = "constraints"
 # Optuna user attribute and MLflow tag of a trial that broke a constraint: the reason, one line.
 VIOLATION = "constraint_violated"
@@ -76,6 +76,10 @@ class Constraints:
             else:
                 values.append(float(measured) - bound)
         return tuple(values)
+
+    def named_values(self, result: Mapping[str, Any], unpruned_val_accuracy: float | None) -> dict[str, float]:
+        """``values`` by constraint name (what Optuna's ``Trial.set_constraint`` takes)."""
+        return dict(zip(self.declared(), self.values(result, unpruned_val_accuracy), strict=True))
 
     def violation(self, result: Mapping[str, Any], unpruned_val_accuracy: float | None) -> str | None:
         """Why ``result`` breaks the constraints, in one line; None when it keeps them."""
@@ -132,15 +136,3 @@ def _in_range(key: str, value: float) -> bool:
     if key == "min_val_accuracy_relative":
         return 0.0 < value <= 1.0
     return value > 0
-
-
-class OptunaConstraints:
-    """Optuna's ``constraints_func`` (a class, so the sampler pickles): the trial's ``CONSTRAINTS_ATTR``, set by the
-    searcher before it tells the trial; a trial without one (it reported nothing) holds every constraint."""
-
-    def __init__(self, count: int) -> None:
-        self.count = count
-
-    def __call__(self, trial: Any) -> tuple[float, ...]:
-        values = trial.user_attrs.get(CONSTRAINTS_ATTR)
-        return tuple(values) if values is not None and len(values) == self.count else (0.0,) * self.count

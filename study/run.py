@@ -136,7 +136,6 @@ def build_tuner(settings: StudySettings, space: SearchSpace, max_concurrent: int
 
     import optuna
 
-    from study.constraints import OptunaConstraints
     from study.sampler_plan import build_sampler, plan_sampler
     from study.searcher import StudySearch, StudySearcher
     from study.tracking import StudyTracker
@@ -150,14 +149,9 @@ def build_tuner(settings: StudySettings, space: SearchSpace, max_concurrent: int
         settings.sampler, num_samples=settings.num_samples, num_params=len(space.params), max_concurrent=max_concurrent
     )
     print(f"sampler: {sampler_plan.header()}", flush=True)
-    constraints = space.constraints.declared()
     searcher = StudySearcher(
         space,
-        sampler=build_sampler(
-            sampler_plan,
-            settings.seed,
-            constraints_func=OptunaConstraints(len(constraints)) if constraints else None,
-        ),
+        sampler=build_sampler(sampler_plan, settings.seed),
         storage=optuna.storages.RDBStorage(settings.optuna_storage),
         study_name=settings.name,
     )

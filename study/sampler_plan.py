@@ -23,7 +23,6 @@ generation. The rules here (each setting's reason travels with the plan, for the
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -91,19 +90,17 @@ def plan_sampler(name: str, *, num_samples: int, num_params: int | None = None, 
     return SamplerPlan(name, {}, f"all {num_samples} trials at random")
 
 
-def build_sampler(
-    plan: SamplerPlan, seed: int, *, constraints_func: Callable[[Any], Sequence[float]] | None = None
-) -> optuna.samplers.BaseSampler:
-    """The Optuna sampler of ``plan``, seeded; ``constraints_func``: Optuna's, for the samplers that learn
-    constraints (TPE, NSGA-II, GP; random ignores them)."""
+def build_sampler(plan: SamplerPlan, seed: int) -> optuna.samplers.BaseSampler:
+    """The Optuna sampler of ``plan``, seeded. (Constraints reach TPE, NSGA-II and GP through the trials'
+    ``set_constraint``, see ``study.constraints``.)"""
     import optuna  # local: the command checks --sampler and prints the plan before Optuna loads
 
     if plan.name == "tpe":
-        return optuna.samplers.TPESampler(seed=seed, constraints_func=constraints_func, **plan.settings)
+        return optuna.samplers.TPESampler(seed=seed, **plan.settings)
     if plan.name == "nsga2":
-        return optuna.samplers.NSGAIISampler(seed=seed, constraints_func=constraints_func, **plan.settings)
+        return optuna.samplers.NSGAIISampler(seed=seed, **plan.settings)
     if plan.name == "gp":
-        return optuna.samplers.GPSampler(seed=seed, constraints_func=constraints_func, **plan.settings)
+        return optuna.samplers.GPSampler(seed=seed, **plan.settings)
     if plan.name == "random":
         return optuna.samplers.RandomSampler(seed=seed, **plan.settings)
     raise ValueError(f"sampler={plan.name!r} is not allowed; allowed: {', '.join(SAMPLER_NAMES)}")

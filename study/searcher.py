@@ -133,10 +133,10 @@ class StudySearcher(OptunaSearch):
         told_trial_ids(self).add(trial_id)
 
     def _constraint_attrs(self, number: int, result: dict[str, Any]) -> dict[str, Any]:
-        """The constraint values of a trial (what the sampler's constraints_func reads) and, when it breaks one,
+        """The constraint values of a trial (told to Optuna by set_constraint) and, when it breaks one,
         the reason."""
         unpruned = self.study.get_trials(deepcopy=False)[number].user_attrs.get(UNPRUNED_VAL_ACCURACY)
-        attrs: dict[str, Any] = {CONSTRAINTS_ATTR: list(self.constraints.values(result, unpruned))}
+        attrs: dict[str, Any] = {CONSTRAINTS_ATTR: dict(self.constraints.named_values(result, unpruned))}
         violation = self.constraints.violation(result, unpruned)
         if violation:
             attrs[VIOLATION] = violation
@@ -166,6 +166,9 @@ class StudySearcher(OptunaSearch):
         try:
             for key, value in {**({REASON_ATTRS[state]: reason} if reason else {}), **(attrs or {})}.items():
                 trial.set_user_attr(key, value)
+            # Optuna 5's constraint mechanism (constraints_func is deprecated there): the samplers read these.
+            for key, value in (attrs or {}).get(CONSTRAINTS_ATTR, {}).items():
+                trial.set_constraint(key, value)
         except UpdateFinishedTrialError:
             return
         self.study.tell(number, list(values) if values else None, state=_STATES[state], skip_if_finished=True)

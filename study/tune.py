@@ -77,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--smoke",
         action="store_true",
         help=f"smallest meaningful study: {SMOKE_NUM_SAMPLES} trials unless --num-samples, and "
-        f"{', '.join(f'{k}={v}' for k, v in SMOKE_BUDGET.items())} (default: off)",
+        f"{', '.join(f'{k}={v}' for k, v in SMOKE_BUDGET.items())}, and no constraints (default: off)",
     )
 
     task = parser.add_argument_group("the task (default: the space's own settings, the embedded digits task)")

@@ -306,7 +306,7 @@ def test_search_quality_helpers() -> None:
     ratio, spread = quality.ratio_and_spread([2.0, 4.0], [2.0, 2.0])
     assert ratio == pytest.approx(1.5) and spread == pytest.approx(statistics.stdev([1.0, 2.0]))
     assert quality.ratio_and_spread([1.0], [0.0])[0] != quality.ratio_and_spread([1.0], [0.0])[0]  # NaN
-    line = quality.last_line({"tpe_over_random": 1.1, "gp_over_random": 0.95, "moasha_over_fifo": 1.0})
+    line = quality.ratios_line({"moasha_over_fifo": 1.0, "gp_over_random": 0.95, "tpe_over_random": 1.1, "x": 2.0})
     assert line == "tpe_over_random=1.100 gp_over_random=0.950 moasha_over_fifo=1.000"
 
 
