@@ -72,6 +72,7 @@ __all__ = [
     "DigitsDataset",
     "EMBEDDED_DATASETS",
     "dataset_names",
+    "input_size",
     "default_data_dir",
     "load_splits",
     "make_loaders",
@@ -80,6 +81,7 @@ __all__ = [
 
 
 IMAGEFOLDER_PREFIX = "imagefolder:"
+IMAGEFOLDER_INPUT_SIZE = (3, 224, 224)  # images of a folder are resized and centre-cropped to this
 
 
 # ----------------------------------------------------------------------------------------------- torchvision
@@ -225,7 +227,7 @@ def _imagefolder_splits(name: str, *, val_fraction: float, seed: int) -> Splits:
         train_base, test_base, classes = Subset(whole, train_pos), Subset(whole, test_pos), whole.classes
     if len(classes) < 2:
         raise DataError(f"imagefolder {str(path)!r} has {len(classes)} class folder(s); need at least 2")
-    info = DatasetInfo(name=name, num_classes=len(classes), input_size=(3, 224, 224), cifar_stem=False)
+    info = DatasetInfo(name=name, num_classes=len(classes), input_size=IMAGEFOLDER_INPUT_SIZE, cifar_stem=False)
     return _splits_from_bases(info, train_base, test_base, _transforms_224(), val_fraction=val_fraction, seed=seed)
 
 
@@ -251,6 +253,16 @@ EMBEDDED_DATASETS = (*_DIGITS_FIRST, PRINTED_DIGITS)  # ship inside the installe
 def dataset_names() -> list[str]:
     """The registered dataset names; ``imagefolder:PATH`` is accepted as well."""
     return list(_INFOS)
+
+
+def input_size(name: str) -> tuple[int, int, int]:
+    """(C, H, W) of one model input of dataset ``name``, without loading the data."""
+    if isinstance(name, str) and name.startswith(IMAGEFOLDER_PREFIX):
+        return IMAGEFOLDER_INPUT_SIZE
+    if name not in _INFOS:
+        allowed = ", ".join([*_INFOS, IMAGEFOLDER_PREFIX + "PATH"])
+        raise DataError(f"unknown dataset {name!r}; allowed: {allowed}")
+    return _INFOS[name].input_size
 
 
 def load_splits(
