@@ -47,6 +47,9 @@ __all__ = [
     "read_checkpoint",
     "example_input",
     "model_name",
+    "model_uri",
+    "model_id_of",
+    "using_tracking_uri",
     "log_step_model",
     "set_on_front",
     "write_channels_png",
@@ -103,9 +106,21 @@ def model_name(run_name: str, step: int) -> str:
     return f"{run_name}-step-{step}"
 
 
+def model_uri(model_id: str) -> str:
+    return f"models:/{model_id}"
+
+
+def model_id_of(uri: str) -> str | None:
+    """The logged-model id of a ``models:/m-...`` URI (a registered version's source), else None."""
+    prefix = "models:/"
+    rest = uri[len(prefix) :] if uri.startswith(prefix) else ""
+    return rest if rest.startswith("m-") and "/" not in rest else None
+
+
 @contextmanager
-def _tracking_uri(uri: str) -> Iterator[None]:
-    # mlflow.pytorch.log_model talks to the global tracking URI; the driver's client may use another.
+def using_tracking_uri(uri: str) -> Iterator[None]:
+    """Set MLflow's process-wide tracking URI for the block: ``mlflow.pytorch.log_model`` and a local model
+    registry talk to it, not to the client they were handed."""
     import mlflow
 
     previous = mlflow.get_tracking_uri()
@@ -163,7 +178,7 @@ def log_step_model(
         model_type="pruned-resnet",
     )
     with tempfile.TemporaryDirectory(prefix="spa-model-") as scratch:
-        with _tracking_uri(client.tracking_uri):
+        with using_tracking_uri(client.tracking_uri):
             mlflow.pytorch.log_model(
                 model,
                 name=name,

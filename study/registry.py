@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from study.front_measures import ALIASES, Member, Reference, alias_targets
-from study.logged_models import ON_FRONT_TAG
+from study.logged_models import ON_FRONT_TAG, model_id_of, model_uri, using_tracking_uri
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -31,8 +31,9 @@ def _existing_versions(client: MlflowClient, name: str) -> dict[str, str]:
     while True:
         page = client.search_model_versions(f"name = '{name}'", page_token=token)
         for version in page:
-            if version.model_id:
-                versions[version.model_id] = version.version
+            model_id = version.model_id or model_id_of(version.source)
+            if model_id:
+                versions[model_id] = version.version
         token = page.token
         if not token:
             return versions
@@ -55,9 +56,12 @@ def register_front(
     known = dict(versions) if versions is not None else _existing_versions(client, name)
     on_front = {str(member.key) for member in members}
     for model_id in sorted(on_front - set(known)):
-        version = client.create_model_version(
-            name, source=f"models:/{model_id}", run_id=sources.get(model_id), model_id=model_id, await_creation_for=0
-        )
+        # Source "models:/<id>": what links a version to its logged model in the UI (a local registry keeps no
+        # model_id column). A local registry resolves it through the process-wide tracking URI: set it.
+        with using_tracking_uri(client.tracking_uri):
+            version = client.create_model_version(
+                name, source=model_uri(model_id), run_id=sources.get(model_id), model_id=model_id, await_creation_for=0
+            )
         known[model_id] = version.version
     for model_id, version in known.items():
         client.set_model_version_tag(name, version, ON_FRONT_TAG, "true" if model_id in on_front else "false")
