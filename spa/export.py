@@ -22,7 +22,15 @@ from spa.config import ExperimentConfig
 from spa.experiment import build_model
 from spa.pruning import network_conv_names
 
-__all__ = ["LayerChannels", "checkpoint_config", "restore_model", "deployable_model", "kept_channels"]
+__all__ = [
+    "LayerChannels",
+    "checkpoint_config",
+    "num_classes",
+    "unpruned_parameters",
+    "restore_model",
+    "deployable_model",
+    "kept_channels",
+]
 
 
 @dataclass(frozen=True)
@@ -51,6 +59,17 @@ def _unpruned(checkpoint: Mapping[str, Any]) -> nn.Module:
     num_classes, cifar_stem = _shape_of(checkpoint["model"])
     # weights=None: every tensor comes from the checkpoint, so nothing pretrained is needed.
     return build_model(checkpoint_config(checkpoint), num_classes, cifar_stem, weights=None)
+
+
+def num_classes(checkpoint: Mapping[str, Any]) -> int:
+    return _shape_of(checkpoint["model"])[0]
+
+
+def unpruned_parameters(checkpoint: Mapping[str, Any]) -> int:
+    """Parameters of the unpruned network of this architecture and head: what fine-tuning it learns."""
+    from spa.counting import total_parameters
+
+    return total_parameters(_unpruned(checkpoint))
 
 
 def restore_model(checkpoint: Mapping[str, Any]) -> nn.Module:

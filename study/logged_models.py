@@ -30,13 +30,17 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from spa.checkpoint import CHECKPOINT_FILE
-from spa.data import input_size as dataset_input_size
-from spa.export import LayerChannels, checkpoint_config, deployable_model, kept_channels
+from study.front_measures import Reference
 
 if TYPE_CHECKING:
     import pyarrow.fs
     from mlflow import MlflowClient
+
+    from spa.export import LayerChannels
+
+# spa (so torch) is imported inside the functions that rebuild a model: the driver imports this module, and
+# recording a study that logs no model needs no torch.
+CHECKPOINT_FILE = "checkpoint.pt"  # spa.checkpoint.CHECKPOINT_FILE, checked equal by the tests
 
 __all__ = [
     "ON_FRONT_TAG",
@@ -45,6 +49,8 @@ __all__ = [
     "EXAMPLE_BATCH",
     "LoggedStepModel",
     "read_checkpoint",
+    "copy_checkpoint",
+    "task_reference",
     "example_input",
     "model_name",
     "model_uri",
@@ -80,19 +86,44 @@ def _open(location: str, filesystem: pyarrow.fs.FileSystem | None) -> tuple[pyar
     return pyarrow.fs.LocalFileSystem(), os.path.abspath(location)
 
 
+def _checkpoint_bytes(location: str | os.PathLike[str], filesystem: pyarrow.fs.FileSystem | None) -> bytes:
+    fs, directory = _open(str(location), filesystem)
+    path = f"{directory.rstrip('/')}/{CHECKPOINT_FILE}"
+    try:
+        with fs.open_input_stream(path) as stream:
+            return stream.read()
+    except FileNotFoundError as error:
+        raise FileNotFoundError(f"no checkpoint at {str(location)!r} ({path} on {fs.type_name})") from error
+
+
 def read_checkpoint(location: str | os.PathLike[str], filesystem: pyarrow.fs.FileSystem | None = None) -> dict:
     """The ``checkpoint.pt`` of a step's checkpoint directory: a local path, a URI (``file://``, ``s3://``, ... as
     Ray storage takes) or a path on ``filesystem`` (a Tune checkpoint's ``.path`` and ``.filesystem``)."""
     import torch
 
-    fs, directory = _open(str(location), filesystem)
-    path = f"{directory.rstrip('/')}/{CHECKPOINT_FILE}"
-    try:
-        with fs.open_input_stream(path) as stream:
-            data = stream.read()
-    except FileNotFoundError as error:
-        raise FileNotFoundError(f"no checkpoint at {str(location)!r} ({path} on {fs.type_name})") from error
+    data = _checkpoint_bytes(location, filesystem)
     return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+
+
+def copy_checkpoint(
+    location: str | os.PathLike[str], filesystem: pyarrow.fs.FileSystem | None, directory: str | os.PathLike[str]
+) -> Path:
+    """Copy a step's ``checkpoint.pt`` into the local ``directory`` (no torch: the bytes only); returns it.
+
+    Tune keeps one checkpoint per trial: the driver copies a step that may become a model before the next step's
+    checkpoint replaces it in the trial's storage."""
+    from spa.files import write_atomically
+
+    data = _checkpoint_bytes(location, filesystem)
+    return write_atomically(Path(directory) / CHECKPOINT_FILE, lambda path: path.write_bytes(data))
+
+
+def task_reference(checkpoint: Mapping[str, Any]) -> Reference:
+    """The hypervolume reference point of the checkpoint's task: chance accuracy and the unpruned network's
+    parameters (``study.front_measures``)."""
+    from spa.export import num_classes, unpruned_parameters
+
+    return Reference.for_task(num_classes(checkpoint), unpruned_parameters(checkpoint))
 
 
 def example_input(input_size: Sequence[int], batch: int = EXAMPLE_BATCH) -> np.ndarray:
@@ -156,6 +187,9 @@ def log_step_model(
     import torch
     from mlflow.models import ModelSignature
     from mlflow.types import Schema, TensorSpec
+
+    from spa.data import input_size as dataset_input_size
+    from spa.export import checkpoint_config, deployable_model, kept_channels
 
     started = time.perf_counter()
     config = checkpoint_config(checkpoint)
@@ -223,7 +257,7 @@ def write_channels_png(layers: Sequence[LayerChannels], path: str | os.PathLike[
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    from study.pareto import write_atomically
+    from spa.files import write_atomically
 
     names = [layer.name for layer in layers]
     positions = np.arange(len(layers))
