@@ -80,7 +80,9 @@ def normalised(accuracy: float, learned_params: float, reference: Reference) -> 
         return (0.0, 0.0)
     chance = reference.chance_accuracy
     accuracy_score = _clip((accuracy - chance) / (1 - chance))
-    params_score = _clip(math.log(reference.learned_params / max(learned_params, 1.0)) / math.log(reference.learned_params))
+    params_score = _clip(
+        math.log(reference.learned_params / max(learned_params, 1.0)) / math.log(reference.learned_params)
+    )
     return (accuracy_score, params_score)
 
 

@@ -69,7 +69,10 @@ class FrontModels:
                 if model.source_run_id and "step" in tags:
                     key = (model.source_run_id, int(tags["step"]))
                     self.models[key] = model.model_id
-                    self.tags[model.model_id] = (tags.get(ON_FRONT_TAG) == "true", tags.get(ON_STEP_FRONT_TAG) == "true")
+                    self.tags[model.model_id] = (
+                        tags.get(ON_FRONT_TAG) == "true",
+                        tags.get(ON_STEP_FRONT_TAG) == "true",
+                    )
             token = page.token
             if not token:
                 return
@@ -160,4 +163,3 @@ class FrontModels:
 
 def _text(flag: bool) -> str:
     return "true" if flag else "false"
-

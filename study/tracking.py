@@ -403,7 +403,9 @@ class StudyTracker(Callback):
         )
         reference = self._models.reference
         if reference is not None and known_reference is None:
-            self._set_tags(self.parent_run_id, {REFERENCE_TAG: f"{reference.chance_accuracy},{reference.learned_params}"})
+            self._set_tags(
+                self.parent_run_id, {REFERENCE_TAG: f"{reference.chance_accuracy},{reference.learned_params}"}
+            )
 
     def _log_study_metrics(self, seconds: float) -> None:
         """The study-level metrics at step = trials ended; constant work per trial end (the front only)."""

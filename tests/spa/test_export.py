@@ -20,7 +20,9 @@ def pruned_checkpoint(directory: Path, learner: str, density: float, *, cifar_st
     """A checkpoint as run_experiment writes one: a pruned network (random scores) with non-trivial BatchNorm
     statistics, so eval mode and the merged adapters both matter."""
     torch.manual_seed(0)
-    config = ExperimentConfig.from_flat({"learner": learner, "rank": 4, "dataset": "cifar10" if cifar_stem else "digits"})
+    config = ExperimentConfig.from_flat(
+        {"learner": learner, "rank": 4, "dataset": "cifar10" if cifar_stem else "digits"}
+    )
     model = build_model(config, 10 if cifar_stem else 5, cifar_stem, weights=None)
     for module in model.modules():
         if isinstance(module, torch.nn.BatchNorm2d):

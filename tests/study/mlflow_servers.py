@@ -98,7 +98,9 @@ def mlflow_server(
             if process.poll() is not None:
                 raise RuntimeError(f"mlflow {command} exited with {process.returncode}: {log.read_text()[-2000:]}")
             if time.monotonic() > deadline:
-                raise TimeoutError(f"mlflow {command} not healthy after {STARTUP_TIMEOUT_S}s: {log.read_text()[-2000:]}")
+                raise TimeoutError(
+                    f"mlflow {command} not healthy after {STARTUP_TIMEOUT_S}s: {log.read_text()[-2000:]}"
+                )
             time.sleep(0.5)
         yield MlflowServer(url, backend, artifacts, log)
     finally:

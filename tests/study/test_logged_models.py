@@ -122,7 +122,11 @@ def test_a_logged_model_loads_with_mlflow_and_torch_alone_and_gives_the_trained_
     assert model.name == "trial-007-step-1" and model.source_run_id == run_id
     assert str(model.status) in ("READY", "LoggedModelStatus.READY")
     assert model.tags["on_front"] == "true" and model.tags["trial"] == "trial-007" and model.tags["step"] == "1"
-    assert {k: model.tags[k] for k in ("learner", "criterion", "rank")} == {"learner": "splora", "criterion": "lrp", "rank": "4"}
+    assert {k: model.tags[k] for k in ("learner", "criterion", "rank")} == {
+        "learner": "splora",
+        "criterion": "lrp",
+        "rank": "4",
+    }
     assert model.params == {"rank": "4", "learner": "splora"}
     assert {m.key: m.value for m in model.metrics} == STEP_METRICS and {m.step for m in model.metrics} == {1}
     # Linked to its run at step 1; the run's own metric history keeps one point per step.
