@@ -50,6 +50,8 @@ STUDY_METRICS = (
     "trials_failed",
     "compute_s",
     "driver_trial_end_s",
+    "models_logged",
+    "model_logging_s",
 )
 # The hypervolume again, at MLflow step = the trials' cumulative compute seconds (Tune's time_total_s).
 COMPUTE_METRIC = "hypervolume_by_compute_s"
@@ -398,9 +400,9 @@ class StudyTracker(Callback):
         if self._models is None:
             return
         known_reference = self._models.reference
-        self._models.update(
-            self._book.front_points(), self._book.step_front_points(), self._book.points, set(self._outcomes)
-        )
+        rows = dict(self._book.points)
+        rows.update({(run_id, int(row["step"])): row for run_id, row in self._book.finals.items()})
+        self._models.update(self._book.front_points(), self._book.step_front_points(), rows, set(self._outcomes))
         reference = self._models.reference
         if reference is not None and known_reference is None:
             self._set_tags(
@@ -425,6 +427,9 @@ class StudyTracker(Callback):
             "trials_failed": states.count(FAILED),
             "compute_s": self._compute_s,
             "driver_trial_end_s": seconds,
+            # This driver session's logged models and the wall time they took (rebuild, export, upload).
+            "models_logged": None if self._models is None else len(self._models.seconds),
+            "model_logging_s": None if self._models is None else sum(self._models.seconds),
         }
         step, timestamp = len(states), int(time.time() * 1000)
         metrics = [Metric(key, float(value), timestamp, step) for key, value in values.items() if value is not None]

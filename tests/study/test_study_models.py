@@ -138,7 +138,10 @@ def _dominates(a: tuple[float, float], b: tuple[float, float]) -> bool:
 def _front_models(study) -> dict[str, object]:
     """run id -> the logged model of that run's final step, for the final front's runs."""
     children = [run for run in study["children"] if run.data.tags.get("pareto") == "true"]
-    steps = {run.info.run_id: int(run.data.metrics["step"]) for run in children}
+    client = study["client"]
+    steps = {
+        r.info.run_id: max(m.step for m in client.get_metric_history(r.info.run_id, "val_accuracy")) for r in children
+    }
     found = {}
     for model in study["models"]:
         if model.source_run_id in steps and int(model.tags["step"]) == steps[model.source_run_id]:
