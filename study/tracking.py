@@ -9,7 +9,12 @@ incrementally and the completed runs whose membership changed are tagged ``paret
 files (in the study directory, logged as artifacts of the parent run) are written by a background thread, at most
 every few seconds and always at the study's end (Ctrl-C included), so the event loop never waits for a plot.
 Recording results needs neither torch nor ``spa``'s model code: the experiment's default settings come
-in as plain data (``defaults``).
+in as plain data (``defaults``); torch is imported only to rebuild a front member's model.
+
+The experiment is tagged as model training (``study.mlflow_experiment``); only a local store gets a local artifact
+location. Front members become logged models (``study.front_models``: the step's checkpoint is copied from the
+trial's storage when it arrives, ``on_checkpoint``, and logged when a trial ends). When a trial ends the parent run
+gets ``STUDY_METRICS`` at MLflow step = trials ended so far, and ``COMPUTE_METRIC`` at step = their compute seconds.
 
 Resuming: Tune restores this callback from the pickled tuner, so it holds plain settings until ``setup``; there it
 finds the parent and child runs of the study in MLflow again (``study.records``), reuses the run of every trial
