@@ -256,8 +256,10 @@ def export_front_models(client: MlflowClient, experiment_id: str, front: pd.Data
         }
         if model is not None:
             target = directory / model.name
+            # The model's artifact location, not "models:/<id>": that is resolved through the process-wide tracking
+            # URI, this one through the client's (a server's mlflow-artifacts:/ location included).
             mlflow.artifacts.download_artifacts(
-                artifact_uri=f"models:/{model.model_id}", dst_path=str(target), tracking_uri=client.tracking_uri
+                artifact_uri=model.artifact_location, dst_path=str(target), tracking_uri=client.tracking_uri
             )
             row["path"] = str(target)
         rows.append(row)

@@ -434,7 +434,7 @@ class StudyTracker(Callback):
             "driver_trial_end_s": seconds,
             # This driver session's logged models and the wall time they took (rebuild, export, upload).
             "models_logged": None if self._models is None else len(self._models.seconds),
-            "model_logging_s": None if self._models is None else sum(self._models.seconds),
+            "model_logging_s": None if self._models is None else sum(list(self._models.seconds)),
         }
         step, timestamp = len(states), int(time.time() * 1000)
         metrics = [Metric(key, float(value), timestamp, step) for key, value in values.items() if value is not None]

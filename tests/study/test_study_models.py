@@ -10,6 +10,7 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from urllib.parse import quote
 
 import pandas as pd
 import pytest
@@ -207,14 +208,25 @@ def test_registered_aliases_point_at_the_right_front_models(study) -> None:
 def test_the_ui_shows_the_study_in_model_training_mode_with_its_runs_and_models(study) -> None:
     experiment_id = study["experiment"].experiment_id
     printed = re.search(r"runs:\s+(\S+)", study["out"]).group(1)
+    # The trials' runs sit folded under the study's parent run; filtered to the trials, they are listed flat.
+    trials_only = "&searchFilter=" + quote("tags.study_role = 'trial'")
     with mlflow_server(study["root"] / "ui", command="ui", backend_store_uri=study["client"].tracking_uri) as server:
-        runs_dom = dump_dom(printed.replace("http://127.0.0.1:5000", server.url))
-        models_dom = dump_dom(f"{server.url}/#/experiments/{experiment_id}/models?workflowType=machine_learning")
-    assert f"Runs - Experiment {experiment_id} - MLflow" in runs_dom
-    # The Models tab is in the experiment's navigation only in model-training mode (not in GenAI mode).
-    assert f'href="#/experiments/{experiment_id}/models?' in runs_dom and "workflowType=machine_learning" in runs_dom
+        url = printed.replace("http://127.0.0.1:5000", server.url)
+        doms = {
+            "runs": dump_dom(url),
+            "trials": dump_dom(url + trials_only),
+            "models": dump_dom(f"{server.url}/#/experiments/{experiment_id}/models?workflowType=machine_learning"),
+        }
+    for name, dom in doms.items():  # kept for a look when an assertion below fails
+        (study["root"] / f"dom-{name}.html").write_text(dom)
+    assert f"Runs - Experiment {experiment_id} - MLflow" in doms["runs"]
+    # The app is in model-training mode: its navigation carries that workflow type, and has the Models tab.
+    for tab in ("runs", "models"):
+        link = rf'href="#/experiments/{experiment_id}/{tab}\?[^"]*workflowType=machine_learning"'
+        assert re.search(link, doms["runs"]), tab
+    assert f">{study['parent'].info.run_name}<" in doms["runs"]
     for run in study["children"]:
-        assert f">{run.info.run_name}<" in runs_dom, run.info.run_name
-    assert f"Logged Models - Experiment {experiment_id} - MLflow" in models_dom
+        assert f">{run.info.run_name}<" in doms["trials"], run.info.run_name
+    assert f"Logged Models - Experiment {experiment_id} - MLflow" in doms["models"]
     for model in _front_models(study).values():
-        assert f">{model.name}<" in models_dom, model.name
+        assert f">{model.name}<" in doms["models"], model.name
