@@ -7,9 +7,11 @@ these facts.
   ``file://`` folder in the study directory; a tracking server (``http(s)://``, ``databricks``...) assigns its own
   (``mlflow-artifacts:/...`` under its ``--artifacts-destination``, or its bucket), so nothing lands on the
   driver's disk that the server's users cannot read.
-- **The UI's mode.** MLflow 3's UI opens an experiment in its GenAI mode (traces) unless the experiment's tag
-  ``mlflow.experimentKind`` says otherwise, or the URL carries ``workflowType=machine_learning``. The UI's own
-  value for model training is ``custom_model_development`` (MLflow 3.17's JS bundle: ``CUSTOM_MODEL_DEVELOPMENT``).
+- **The UI's mode.** MLflow 3's UI opens an experiment in its GenAI mode (traces) unless the URL carries
+  ``workflowType=machine_learning`` (or the user flips its GenAI / Model training switch). The experiment is tagged
+  ``mlflow.experimentKind = custom_model_development`` as well (the value of ``CUSTOM_MODEL_DEVELOPMENT`` in MLflow
+  3.17's JS bundle), but in a headless-Chromium check 3.17's UI still opened the tagged experiment in GenAI mode
+  without the URL parameter: the printed URLs carry it.
 - **URLs.** The UI is a hash-routed app: ``<base>/#/experiments/<id>/runs?workflowType=machine_learning`` (runs
   table, chart view), ``.../models?...`` (the experiment's logged models).
 """
