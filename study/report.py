@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import shutil
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -258,9 +259,14 @@ def export_front_models(client: MlflowClient, experiment_id: str, front: pd.Data
             target = directory / model.name
             # The model's artifact location, not "models:/<id>": that is resolved through the process-wide tracking
             # URI, this one through the client's (a server's mlflow-artifacts:/ location included).
-            mlflow.artifacts.download_artifacts(
-                artifact_uri=model.artifact_location, dst_path=str(target), tracking_uri=client.tracking_uri
+            scratch = directory / f".{model.name}.download"
+            shutil.rmtree(scratch, ignore_errors=True)
+            local = mlflow.artifacts.download_artifacts(
+                artifact_uri=model.artifact_location, dst_path=str(scratch), tracking_uri=client.tracking_uri
             )
+            shutil.rmtree(target, ignore_errors=True)
+            shutil.move(local, target)  # the location's last folder ("artifacts") becomes DIR/<model name>
+            shutil.rmtree(scratch, ignore_errors=True)
             row["path"] = str(target)
         rows.append(row)
     index = pd.DataFrame(rows)
