@@ -5,7 +5,7 @@ several accuracy points while learning about half the parameters; at 30% density
 2 points of FP while learning >= 10x fewer parameters.
 
 Protocol: for each criterion (weight, grad, taylor, lrp) x learner (FP, SPLoRA r8, SPLoRA r32) x seed (0, 1, 2) one
-``spa.experiment.run_experiment``: the ResNet-18 pretrained on digits 0-4 (cached under ``--cache-dir``)
+``spa.experiment.run_experiment``: the ResNet-18 pretrained on printed digits (cached under ``--cache-dir``)
 transferred to digits 5-9, trained ``--epochs``, then pruned along the schedule 0.6 -> 0.3 -> 0.1 with
 ``--recovery-epochs`` of recovery after each step; the rows at 0.3 and 0.1 are read. Step 0 (trained, unpruned)
 gives the "none" rows. SGD, step schedule, batch 32, per-layer normalised scores over one full pass of the training

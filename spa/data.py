@@ -8,8 +8,8 @@ hyperparameters on the test set, docs/METHOD.md). Val and test loaders keep ever
 Datasets (``dataset_names()``):
 
 - ``digits-source`` / ``digits``: scikit-learn's bundled handwritten digits (1,797 real 8x8 images that ship
-  inside the package, so everything works offline). ``digits-source`` holds digits 0-4 (labels 0..4), on which
-  the harness pretrains a backbone; ``digits`` holds digits 5-9 relabelled 0..4, the transfer target. Images are
+  inside the package, so everything works offline). ``digits`` holds digits 5-9 relabelled 0..4, the transfer
+  target; ``digits-source`` holds digits 0-4 (labels 0..4), the harness's former pretraining source. Images are
   upsampled bilinearly to 32x32, scaled from 0..16 to 0..1, copied to 3 channels and normalised with ImageNet
   mean/std, so the ImageNet-derived LRP z-box bounds (-2.1179 .. 2.64) hold. They are rendered once and kept in
   memory. The 80/20 train/test split is stratified with a fixed seed (independent of the run seed), so the
@@ -17,6 +17,8 @@ Datasets (``dataset_names()``):
   pixel), filled with the blank background. ``cifar_stem`` is False: the plain 7x7/2 stem and max-pool shrink
   32x32 inputs to 8x8 before the first block, 16x fewer FLOPs than the CIFAR stem, which keeps CPU studies cheap
   and is plenty for 8x8-pixel digits.
+- ``printed-digits``: digits 0-9 printed in matplotlib's fonts and rendered the optdigits way (``spa.sources``),
+  the source on which the harness pretrains the ``pretrained-digits`` backbone (synthetic-to-real transfer).
 - ``cifar10``, ``cifar100`` (32 px, CIFAR stem) and ``fashion-mnist`` (28 px grayscale padded to 32 px, copied
   to 3 channels, CIFAR stem): train RandomCrop(32, padding=4) + horizontal flip.
 - ``flowers102``, ``stanford-cars`` and ``imagefolder:PATH`` (any class-per-folder set, e.g. Cats&Dogs; uses
@@ -42,6 +44,7 @@ from torchvision import datasets as tv_datasets
 from torchvision import transforms as T
 
 from spa.digits import DigitsDataset, digits_splits
+from spa.sources import PRINTED_DIGITS, printed_digits_splits
 from spa.digits import rendered_digits as _rendered_digits  # noqa: F401  (tests clear its cache through here)
 from spa.splits import (
     IMAGENET_MEAN,
@@ -67,7 +70,9 @@ __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "DigitsDataset",
+    "EMBEDDED_DATASETS",
     "dataset_names",
+    "input_size",
     "default_data_dir",
     "load_splits",
     "make_loaders",
@@ -76,6 +81,7 @@ __all__ = [
 
 
 IMAGEFOLDER_PREFIX = "imagefolder:"
+IMAGEFOLDER_INPUT_SIZE = (3, 224, 224)  # images of a folder are resized and centre-cropped to this
 
 
 # ----------------------------------------------------------------------------------------------- torchvision
@@ -221,7 +227,7 @@ def _imagefolder_splits(name: str, *, val_fraction: float, seed: int) -> Splits:
         train_base, test_base, classes = Subset(whole, train_pos), Subset(whole, test_pos), whole.classes
     if len(classes) < 2:
         raise DataError(f"imagefolder {str(path)!r} has {len(classes)} class folder(s); need at least 2")
-    info = DatasetInfo(name=name, num_classes=len(classes), input_size=(3, 224, 224), cifar_stem=False)
+    info = DatasetInfo(name=name, num_classes=len(classes), input_size=IMAGEFOLDER_INPUT_SIZE, cifar_stem=False)
     return _splits_from_bases(info, train_base, test_base, _transforms_224(), val_fraction=val_fraction, seed=seed)
 
 
@@ -232,6 +238,7 @@ _INFOS: dict[str, DatasetInfo] = {
     for info in (
         DatasetInfo("digits", 5, (3, 32, 32), cifar_stem=False),
         DatasetInfo("digits-source", 5, (3, 32, 32), cifar_stem=False),
+        DatasetInfo(PRINTED_DIGITS, 10, (3, 32, 32), cifar_stem=False),
         DatasetInfo("cifar10", 10, (3, 32, 32), cifar_stem=True),
         DatasetInfo("cifar100", 100, (3, 32, 32), cifar_stem=True),
         DatasetInfo("fashion-mnist", 10, (3, 32, 32), cifar_stem=True),
@@ -240,11 +247,22 @@ _INFOS: dict[str, DatasetInfo] = {
     )
 }
 _DIGITS_FIRST = {"digits-source": 0, "digits": 5}
+EMBEDDED_DATASETS = (*_DIGITS_FIRST, PRINTED_DIGITS)  # ship inside the installed packages: nothing to look for
 
 
 def dataset_names() -> list[str]:
     """The registered dataset names; ``imagefolder:PATH`` is accepted as well."""
     return list(_INFOS)
+
+
+def input_size(name: str) -> tuple[int, int, int]:
+    """(C, H, W) of one model input of dataset ``name``, without loading the data."""
+    if isinstance(name, str) and name.startswith(IMAGEFOLDER_PREFIX):
+        return IMAGEFOLDER_INPUT_SIZE
+    if name not in _INFOS:
+        allowed = ", ".join([*_INFOS, IMAGEFOLDER_PREFIX + "PATH"])
+        raise DataError(f"unknown dataset {name!r}; allowed: {allowed}")
+    return _INFOS[name].input_size
 
 
 def load_splits(
@@ -270,6 +288,8 @@ def load_splits(
     info = _INFOS[name]
     if name in _DIGITS_FIRST:
         return digits_splits(info, _DIGITS_FIRST[name], val_fraction=val_fraction, seed=seed)
+    if name == PRINTED_DIGITS:
+        return printed_digits_splits(info, seed=seed)
     return _torchvision_splits(info, data_dir=data_dir, download=download, val_fraction=val_fraction, seed=seed)
 
 

@@ -1,7 +1,8 @@
 """The embedded digits tasks: scikit-learn's bundled handwritten digits, rendered once and kept in memory.
 
-``digits-source`` (digits 0-4) is what the harness pretrains a backbone on; ``digits`` (digits 5-9, relabelled
-0..4) is the transfer target. ``spa.data``'s module docstring describes the rendering and the splits.
+``digits`` (digits 5-9, relabelled 0..4) is the transfer target; ``digits-source`` (digits 0-4) was the source
+the harness pretrained on before ``printed-digits`` (``spa.sources``), kept selectable for comparison.
+``spa.data``'s module docstring describes the rendering and the splits.
 """
 
 from __future__ import annotations
@@ -28,7 +29,14 @@ from spa.splits import (
     stratified_test_split,
 )
 
-__all__ = ["DIGITS_MAX_SHIFT", "DigitsDataset", "digits_splits", "rendered_digits"]
+__all__ = [
+    "DIGITS_MAX_SHIFT",
+    "DigitsDataset",
+    "blank_pixel",
+    "digits_splits",
+    "rendered_digits",
+    "upsample_digits",
+]
 
 DIGITS_MAX_SHIFT = 2  # px at 32x32: half a pixel of the 8x8 source image
 
@@ -97,12 +105,20 @@ def _read_digits() -> tuple[np.ndarray, np.ndarray]:
 def rendered_digits() -> tuple[torch.Tensor, torch.Tensor]:
     """All digits rendered once: images (N, 3, 32, 32) normalised float32, targets (N,) int64 (0..9)."""
     raw, targets = _read_digits()
-    images = torch.from_numpy(raw).float().div(16.0).unsqueeze(1)  # (N, 1, 8, 8) in 0..1
-    images = F.interpolate(images, size=(32, 32), mode="bilinear", align_corners=False)  # stays in 0..1
+    return upsample_digits(torch.from_numpy(raw).float().div(16.0)), torch.from_numpy(targets)
+
+
+def upsample_digits(raw: torch.Tensor) -> torch.Tensor:
+    """8x8 digit images in 0..1, (N, 8, 8) -> model inputs (N, 3, 32, 32): bilinear, 3 channels, normalised."""
+    images = F.interpolate(raw.unsqueeze(1), size=(32, 32), mode="bilinear", align_corners=False)  # stays in 0..1
     mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
     std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
-    images = ((images.expand(-1, 3, -1, -1) - mean) / std).contiguous()  # (N, 3, 32, 32)
-    return images, torch.from_numpy(targets)
+    return ((images.expand(-1, 3, -1, -1) - mean) / std).contiguous()  # (N, 3, 32, 32)
+
+
+def blank_pixel() -> tuple[float, ...]:
+    """The normalised value of an empty (0) pixel, per channel: what a shift fills with."""
+    return tuple(-m / s for m, s in zip(IMAGENET_MEAN, IMAGENET_STD, strict=True))
 
 
 def digits_splits(info: DatasetInfo, first_digit: int, *, val_fraction: float, seed: int) -> Splits:
@@ -116,7 +132,7 @@ def digits_splits(info: DatasetInfo, first_digit: int, *, val_fraction: float, s
 
     train_part_t, test_t = of_task(train_part), of_task(test)
     train_pos, val_pos = carve_val(len(train_part_t), val_fraction, seed)
-    blank = tuple(-m / s for m, s in zip(IMAGENET_MEAN, IMAGENET_STD, strict=True))
+    blank = blank_pixel()
 
     def dataset(rows: torch.Tensor, max_shift: int = 0) -> DigitsDataset:
         return DigitsDataset(images[rows], targets[rows] - first_digit, rows, max_shift=max_shift, fill=blank)

@@ -1,6 +1,6 @@
 """``python -m spa.run``: one train -> prune -> recover experiment, with the original experiment script's flags.
 
-With no flags it fine-prunes a ResNet-18 (pretrained on digits 0-4) on the embedded digits 5-9 task.
+With no flags it fine-prunes a ResNet-18 (pretrained on printed digits) on the embedded digits 5-9 task.
 Prints one table row per pruning step and, with ``--csv``, writes the same rows as CSV.
 
 The flags are generated from the config dataclasses (``spa.flags``); ``ORIGINAL_FLAGS`` keeps the original

@@ -202,6 +202,18 @@ class FrontBook:
     def front_size(self) -> int:
         return len(self._front)
 
+    def front_points(self) -> set[tuple[str, int]]:
+        """(run id, step) of the members of the front over the completed trials' final values."""
+        return {(run_id, int(self.finals[run_id]["step"])) for run_id in self._front.keys()}
+
+    def step_front_points(self) -> set[tuple[str, int]]:
+        """(run id, step) of the members of the front over every measured (trial, pruning step) point."""
+        return set(self._steps_front.keys())
+
+    def front_rows(self) -> list[dict[str, Any]]:
+        """The final front's point rows."""
+        return [self.finals[run_id] for run_id in self._front.keys()]
+
     def restore(self, points: Any, statuses: Mapping[str, str], membership: Mapping[str, bool]) -> None:
         """Take back what a stopped driver recorded (``study.records.load_points`` of the study's runs, a
         DataFrame)."""
@@ -319,8 +331,8 @@ def write_front_files(snapshot: FrontSnapshot, directory: Path, study_name: str)
     if len(metrics) >= 2 and len(finals):
         title = f"{study_name}: {len(front)} of {len(finals)} completed trials on the front"
         args = (finals, front, metrics, modes)
-        paths.append(write_front_html(*args, directory / "pareto_front.html", title))
-        paths.append(write_front_png(*args, directory / "pareto_front.png", title))
+        paths.append(write_front_html(*args, directory / "pareto_front.html", title, step_front=steps_front))
+        paths.append(write_front_png(*args, directory / "pareto_front.png", title, step_front=steps_front))
     return paths
 
 

@@ -94,11 +94,11 @@ def max_final_step(space: SearchSpace) -> int:
 
 def _check_datasets(space: SearchSpace) -> None:
     """A dataset a trial cannot load is bad input, found now rather than in every trial."""
-    from spa.data import DataError, load_splits  # local: torchvision only once a dataset must be looked at
+    from spa.data import EMBEDDED_DATASETS, DataError, load_splits  # local: torchvision only once needed
 
     data_dir = space_values(space, "data_dir")[0]
     for dataset in space_values(space, "dataset"):
-        if dataset in ("digits", "digits-source"):
+        if dataset in EMBEDDED_DATASETS:
             continue  # embedded: always there
         try:
             load_splits(dataset, data_dir=data_dir, download=False)

@@ -92,7 +92,7 @@ def pretrain(space: SearchSpace, settings: StudySettings) -> None:
     for arch in sorted(set(space_values(space, "arch"))):
         began = time.perf_counter()
         path = pretrained_backbone(PretrainConfig(arch=arch), settings.cache_dir)
-        print(f"backbone {arch} pretrained on digits 0-4: {path} ({time.perf_counter() - began:.0f}s)", flush=True)
+        print(f"backbone {arch} pretrained on printed digits: {path} ({time.perf_counter() - began:.0f}s)", flush=True)
 
 
 def _versions() -> dict[str, str]:
@@ -188,6 +188,7 @@ def build_tuner(settings: StudySettings, space: SearchSpace, max_concurrent: int
         tags={**_versions(), "space": settings.space, "mlflow.note.content": space.description},
         defaults=ExperimentConfig().to_flat(),
         constraints=space.constraints,
+        register_model=settings.register_model,
     )
     tuner = tune.Tuner(
         trainable,
@@ -212,6 +213,25 @@ def build_tuner(settings: StudySettings, space: SearchSpace, max_concurrent: int
     )
     write_manifest(settings)  # last: a directory without it is not resumable, and says so
     return tuner
+
+
+def ui_lines(tracking_uri: str, experiment_name: str) -> list[str]:
+    """Where to see the study in the MLflow UI: the command for a local store, the exact URLs (model-training
+    mode, the experiment's id) of the runs and of the front's logged models."""
+    from mlflow import MlflowClient
+
+    from study.mlflow_experiment import is_local_store, models_url, runs_url, ui_base
+
+    experiment = MlflowClient(tracking_uri=tracking_uri).get_experiment_by_name(experiment_name)
+    lines = []
+    if is_local_store(tracking_uri):
+        lines.append(f"mlflow:  mlflow ui --backend-store-uri {tracking_uri} --host 127.0.0.1 --port 5000")
+    if experiment is None:
+        return [*lines, f"         (no experiment {experiment_name!r} in {tracking_uri} yet)"]
+    base = ui_base(tracking_uri)
+    lines.append(f"runs:    {runs_url(base, experiment.experiment_id)}   (experiment {experiment_name!r})")
+    lines.append(f"models:  {models_url(base, experiment.experiment_id)}")
+    return lines
 
 
 def summarize(settings: StudySettings, space: SearchSpace, *, seconds: float) -> int:
@@ -242,9 +262,8 @@ def summarize(settings: StudySettings, space: SearchSpace, *, seconds: float) ->
     store = settings.tracking_uri
     print()
     print(f"files:   {settings.study_dir}/pareto_front.{{csv,html,png}}, pareto_front_steps.csv")
-    print(
-        f"mlflow:  mlflow ui --backend-store-uri {store} --host 127.0.0.1   (experiment {settings.experiment_name!r})"
-    )
+    for line in ui_lines(store, settings.experiment_name):
+        print(line)
     print(f"report:  python -m study.report --tracking-uri {store} --experiment-name {settings.experiment_name}")
     if interrupted:
         print(

@@ -79,6 +79,7 @@ class StudySettings:
     smoke: bool
     study_id: str = ""
     max_failures: int = 0  # retries of a trial whose node died or that raised (Tune's FailureConfig)
+    register_model: str | None = None  # the registered model the front's models become versions of
 
     @property
     def study_dir(self) -> Path:
@@ -152,6 +153,8 @@ def check_flags(args: argparse.Namespace) -> None:
         raise UsageError(f"--data-dir {args.data_dir!r} does not exist; create it or pass another")
     if args.tracking_uri is not None:
         _tracking_uri(args.tracking_uri)
+    if args.register_model is not None and (not args.register_model.strip() or "'" in args.register_model):
+        raise UsageError(f"--register-model {args.register_model!r} is not allowed; allowed: a name without quotes")
 
 
 def given_settings(args: argparse.Namespace) -> dict[str, Any]:
@@ -178,6 +181,7 @@ def given_settings(args: argparse.Namespace) -> dict[str, Any]:
         "experiment_name": args.experiment_name,
         "smoke": args.smoke or None,
         "max_failures": args.max_failures,
+        "register_model": args.register_model,
     }
 
 
@@ -235,6 +239,7 @@ def new_settings(given: dict[str, Any], space_name: str, *, cluster: bool) -> St
         smoke=smoke,
         study_id=uuid.uuid4().hex,
         max_failures=value("max_failures", DEFAULT_MAX_FAILURES_CLUSTER if cluster else DEFAULT_MAX_FAILURES_LOCAL),
+        register_model=given["register_model"],
     )
 
 

@@ -148,6 +148,13 @@ def build_parser() -> argparse.ArgumentParser:
         f"(default: $MLFLOW_TRACKING_URI, else {DEFAULT_TRACKING_URI} in the working directory)",
     )
     where.add_argument("--experiment-name", default=None, help="MLflow experiment (default: the study name)")
+    where.add_argument(
+        "--register-model",
+        default=None,
+        metavar="NAME",
+        help="register the front's logged models as versions of the registered model NAME, with aliases "
+        "best-accuracy, fewest-learned-params and knee kept on the current front (default: off)",
+    )
     return parser
 
 

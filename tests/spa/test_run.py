@@ -33,7 +33,7 @@ def test_train_only_and_prune_only() -> None:
     prune_only = config_from_args(build_parser().parse_args(["--prune", "--epochs", "5"]))
     assert (prune_only.optim.epochs, prune_only.prune.steps) == (0, 3)
     defaults = config_from_args(build_parser().parse_args([]))
-    assert (defaults.data.dataset, defaults.optim.epochs, defaults.prune.steps) == ("digits", 3, 3)
+    assert (defaults.data.dataset, defaults.optim.epochs, defaults.prune.steps) == ("digits", 6, 3)
 
 
 def test_help_explains_every_flag(capsys: pytest.CaptureFixture[str]) -> None:

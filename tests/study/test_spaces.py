@@ -27,13 +27,14 @@ from study.spaces import (
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 SHIPPED = [f"{learner}_{criterion}" for learner in ("finetune", "splora") for criterion in CRITERIA_NAMES]
-SHIPPED = sorted([*SHIPPED, "splora_any"])
+SHIPPED = sorted([*SHIPPED, "splora_any"])  # the embedded digits task's spaces
+PAPER_SPACES = ["paper_cifar10_splora_lrp"]
 SAMPLES = 20
 
 
 def test_spaces_dir_is_the_repository_directory() -> None:
     assert SPACES_DIR == Path(__file__).resolve().parents[2] / "search_spaces"
-    assert list_spaces() == SHIPPED
+    assert list_spaces() == sorted([*SHIPPED, *PAPER_SPACES])
 
 
 def test_spaces_dir_falls_back_to_the_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -41,6 +42,20 @@ def test_spaces_dir_falls_back_to_the_environment(monkeypatch: pytest.MonkeyPatc
     assert spaces._default_spaces_dir() == tmp_path
     monkeypatch.delenv("SPA_SPACES_DIR")
     assert spaces._default_spaces_dir() == SPACES_DIR
+
+
+def test_paper_space_keeps_the_reference_protocol() -> None:
+    space = load_space("paper_cifar10_splora_lrp")
+    assert {k: space.fixed[k] for k in ("dataset", "arch", "weights", "lr", "lr_schedule", "epochs")} == {
+        "dataset": "cifar10",
+        "arch": "resnet50",
+        "weights": "imagenet",
+        "lr": 0.0025,
+        "lr_schedule": "step",
+        "epochs": 30,
+    }
+    assert (space.fixed["recovery_epochs"], space.fixed["batch_size"]) == (20, 64)
+    assert space.directions == ["maximize", "minimize"]
 
 
 @pytest.mark.parametrize("name", SHIPPED)
@@ -56,7 +71,7 @@ def test_shipped_space_samples_valid_experiments(name: str) -> None:
     )
     # The CPU budget of a default study on the digits task.
     assert {k: space.fixed[k] for k in ("epochs", "batch_size", "max_score_batches", "threads")} == {
-        "epochs": 3,
+        "epochs": 6,
         "batch_size": 32,
         "max_score_batches": 4,
         "threads": 1,
@@ -128,7 +143,7 @@ def test_with_overrides_pins_searched_settings() -> None:
     assert "rank" not in {param.name for param in pinned.params}
     assert len(pinned.params) == len(space.params) - 1
     assert (pinned.fixed["rank"], pinned.fixed["epochs"], pinned.fixed["max_score_batches"]) == (8, 1, None)
-    assert space.fixed["epochs"] == 3 and "rank" in {param.name for param in space.params}  # the original stays
+    assert space.fixed["epochs"] == 6 and "rank" in {param.name for param in space.params}  # the original stays
     flat = suggest(pinned, optuna.create_study(directions=pinned.directions).ask())
     assert flat["rank"] == 8 and ExperimentConfig.from_flat(flat).optim.epochs == 1
 
