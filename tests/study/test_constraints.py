@@ -54,7 +54,7 @@ def test_named_values_are_the_values_by_constraint() -> None:
 
 def test_shipped_spaces_set_a_floor_well_above_chance() -> None:
     space = load_space("splora_lrp")
-    assert space.constraints.min_val_accuracy is not None and space.constraints.min_val_accuracy >= 3 * 0.2  # chance
+    assert space.constraints.min_val_accuracy is not None and space.constraints.min_val_accuracy >= 0.5  # chance is 0.2
 
 
 def test_a_space_overrides_its_bases_constraints_key_by_key_and_writes_them_back(tmp_path: Path) -> None:
