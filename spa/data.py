@@ -44,8 +44,8 @@ from torchvision import datasets as tv_datasets
 from torchvision import transforms as T
 
 from spa.digits import DigitsDataset, digits_splits
-from spa.sources import PRINTED_DIGITS, printed_digits_splits
 from spa.digits import rendered_digits as _rendered_digits  # noqa: F401  (tests clear its cache through here)
+from spa.sources import PRINTED_DIGITS, printed_digits_splits
 from spa.splits import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -73,6 +73,7 @@ __all__ = [
     "EMBEDDED_DATASETS",
     "dataset_names",
     "uses_cifar_stem",
+    "input_size",
     "default_data_dir",
     "load_splits",
     "make_loaders",
@@ -81,6 +82,7 @@ __all__ = [
 
 
 IMAGEFOLDER_PREFIX = "imagefolder:"
+IMAGEFOLDER_INPUT_SIZE = (3, 224, 224)  # images of a folder are resized and centre-cropped to this
 
 
 # ----------------------------------------------------------------------------------------------- torchvision
@@ -226,7 +228,7 @@ def _imagefolder_splits(name: str, *, val_fraction: float, seed: int) -> Splits:
         train_base, test_base, classes = Subset(whole, train_pos), Subset(whole, test_pos), whole.classes
     if len(classes) < 2:
         raise DataError(f"imagefolder {str(path)!r} has {len(classes)} class folder(s); need at least 2")
-    info = DatasetInfo(name=name, num_classes=len(classes), input_size=(3, 224, 224), cifar_stem=False)
+    info = DatasetInfo(name=name, num_classes=len(classes), input_size=IMAGEFOLDER_INPUT_SIZE, cifar_stem=False)
     return _splits_from_bases(info, train_base, test_base, _transforms_224(), val_fraction=val_fraction, seed=seed)
 
 
@@ -258,6 +260,16 @@ def uses_cifar_stem(name: str) -> bool:
     """Whether a model for dataset ``name`` gets the CIFAR stem (32 px inputs); ``imagefolder:PATH`` does not."""
     info = _INFOS.get(name)
     return bool(info and info.cifar_stem)
+
+
+def input_size(name: str) -> tuple[int, int, int]:
+    """(C, H, W) of one model input of dataset ``name``, without loading the data."""
+    if isinstance(name, str) and name.startswith(IMAGEFOLDER_PREFIX):
+        return IMAGEFOLDER_INPUT_SIZE
+    if name not in _INFOS:
+        allowed = ", ".join([*_INFOS, IMAGEFOLDER_PREFIX + "PATH"])
+        raise DataError(f"unknown dataset {name!r}; allowed: {allowed}")
+    return _INFOS[name].input_size
 
 
 def load_splits(

@@ -52,6 +52,7 @@ __all__ = [
     "EXTRA_METRIC_NAMES",
     "run_experiment",
     "pruning_densities",
+    "build_model",
     # The engine's names, re-exported for callers that import them from here.
     "resolve_device",
     "seed_everything",
@@ -113,7 +114,7 @@ def run_experiment(
     loaders, scoring_loader = _load_data(config, device)
     start_step, history, state = _resume_point(resume_from)
     info = loaders.info
-    model = _build_model(config, info.num_classes, info.cifar_stem)
+    model = build_model(config, info.num_classes, info.cifar_stem, weights=_weights_path(config))
     reference_channels = counting.conv_channels(model)
     _restore(model, state, device)
 
@@ -184,8 +185,10 @@ def _weights_path(config: ExperimentConfig) -> str:
     return str(pretrained_backbone(pretrain, config.runtime.cache_dir, threads=config.runtime.threads))
 
 
-def _build_model(config: ExperimentConfig, num_classes: int, cifar_stem: bool) -> nn.Module:
-    model = build_resnet(config.model.arch, num_classes, cifar_stem=cifar_stem, weights=_weights_path(config))
+def build_model(config: ExperimentConfig, num_classes: int, cifar_stem: bool, *, weights: str | None) -> nn.Module:
+    """The experiment's network before training: a ResNet with ``weights`` (see ``build_resnet``) and the
+    config's learner (SPLoRA adapters added, or everything learned)."""
+    model = build_resnet(config.model.arch, num_classes, cifar_stem=cifar_stem, weights=weights)
     learner = config.learner
     if learner.learner == "splora":
         adapters.add_splora(model, learner.rank, learner.init_range)

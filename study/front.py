@@ -4,7 +4,8 @@ Pareto fronts over them, kept incrementally; it writes the front files. Plain da
 
 Two fronts are kept: over the completed trials' final values (``pareto_front.csv/.html/.png``; membership is the
 ``pareto`` tag of a trial's run) and over every measured (trial, pruning step) point (``pareto_front_steps.csv``).
-A point or a final that breaks the space's constraints (``feasible=False``) is kept in the book but enters neither.
+A point or a final that breaks the space's constraints (``study.constraints``) is kept in the book but enters
+neither.
 
 ``ParetoFront`` is the incremental front under both: points arrive one at a time and the front is kept current, so a
 trial's end costs O(log n + k) rather than a recomputation over every point (``study.pareto.pareto_mask``). For two
@@ -27,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from study.constraints import Constraints
 from study.names import MODES
 
 __all__ = [
@@ -183,9 +185,10 @@ class FrontSnapshot:
 class FrontBook:
     """Points by (run id, step), final points by run id, the two fronts, and front membership by run id."""
 
-    def __init__(self, metrics: Sequence[str], modes: Sequence[str]) -> None:
+    def __init__(self, metrics: Sequence[str], modes: Sequence[str], constraints: Constraints | None = None) -> None:
         self.metrics = list(metrics)
         self.modes = list(modes)
+        self.constraints = constraints or Constraints()
         self.points: dict[tuple[str, int], dict[str, Any]] = {}
         self.finals: dict[str, dict[str, Any]] = {}  # completed trials only
         self.membership: dict[str, bool] = {}  # run id -> on the front of final values (its pareto tag)
@@ -199,55 +202,65 @@ class FrontBook:
     def front_size(self) -> int:
         return len(self._front)
 
-    def restore(
-        self,
-        points: Any,
-        statuses: Mapping[str, str],
-        membership: Mapping[str, bool],
-        *,
-        feasible: Mapping[str, bool] | None = None,
-    ) -> None:
-        """Take back what a stopped driver recorded (``study.records.load_points`` of the study's runs, a DataFrame;
-        ``feasible``: run id -> False for the runs that broke the space's constraints)."""
+    def front_points(self) -> set[tuple[str, int]]:
+        """(run id, step) of the members of the front over the completed trials' final values."""
+        return {(run_id, int(self.finals[run_id]["step"])) for run_id in self._front.keys()}
+
+    def step_front_points(self) -> set[tuple[str, int]]:
+        """(run id, step) of the members of the front over every measured (trial, pruning step) point."""
+        return set(self._steps_front.keys())
+
+    def front_rows(self) -> list[dict[str, Any]]:
+        """The final front's point rows."""
+        return [self.finals[run_id] for run_id in self._front.keys()]
+
+    def restore(self, points: Any, statuses: Mapping[str, str], membership: Mapping[str, bool]) -> None:
+        """Take back what a stopped driver recorded (``study.records.load_points`` of the study's runs, a
+        DataFrame)."""
         self.membership.update(membership)
-        feasible = feasible or {}
-        points = points[points["run_id"].isin(statuses)]
+        points = points[points["run_id"].isin(statuses)].sort_values(["run_id", "step"], kind="mergesort")
         for row in points.to_dict("records"):
-            self.add(row["run_id"], int(row["step"]), row, feasible=feasible.get(row["run_id"], True))
+            self.add(row["run_id"], int(row["step"]), row)
         for run_id, rows in points.groupby("run_id"):
             if statuses[run_id] == "FINISHED":
-                self._final(run_id, rows.loc[rows["step"].idxmax()].to_dict(), feasible=feasible.get(run_id, True))
+                self._final(run_id, rows.loc[rows["step"].idxmax()].to_dict())
         for run_id in statuses:  # what the fronts say now wins over the tags a stopped driver left
             if run_id in self.finals and self.membership.get(run_id) != (run_id in self._front):
                 self._set_member(run_id, run_id in self._front)
             elif run_id not in self.finals and self.membership.get(run_id):
                 self._set_member(run_id, False)
 
-    def add(self, run_id: str, step: int, row: dict[str, Any], *, feasible: bool = True) -> None:
-        """A trial reported ``row`` at ``step``; ``feasible``: it keeps the space's constraints (else it stays off
-        the step front)."""
+    def add(self, run_id: str, step: int, row: dict[str, Any]) -> None:
+        """A trial reported ``row`` at ``step`` (a point that breaks the constraints stays off the step front)."""
         key = (run_id, step)
         self.points[key] = row
         self._steps_of.setdefault(run_id, set()).add(step)
-        if feasible:
+        if self.violation(run_id, row) is None:
             self._steps_front.add(key, self._values(row))
         else:
             self._steps_front.discard(key)
         self.version += 1
 
-    def end(self, run_id: str, status: str, final: dict[str, Any] | None, *, feasible: bool = True) -> None:
+    def end(self, run_id: str, status: str, final: dict[str, Any] | None) -> None:
         """A trial ended with run status ``status``; ``final``: its final point when it completed, else None (it
-        leaves the front); ``feasible``: the final keeps the space's constraints (else it never enters the front)."""
+        leaves the front). A final that breaks the constraints never enters the front."""
         for step in self._steps_of.get(run_id, ()):
             # A new row, not an edit: a snapshot taken before holds the old one unchanged.
             self.points[(run_id, step)] = {**self.points[(run_id, step)], "status": status}
         if final is not None:
-            self._final(run_id, {**final, "status": status}, feasible=feasible)
+            self._final(run_id, {**final, "status": status})
         else:
             self.finals.pop(run_id, None)
             self._record(self._front.discard(run_id), run_id, rebuilt=False)
             self._set_member(run_id, False)
         self.version += 1
+
+    def violation(self, run_id: str, row: Mapping[str, Any]) -> str | None:
+        """Why the point ``row`` of run ``run_id`` breaks the constraints (one line), or None."""
+        if not self.constraints.declared():
+            return None
+        unpruned = self.points.get((run_id, 0), {}).get("val_accuracy")
+        return self.constraints.violation(row, unpruned)
 
     def take_changes(self) -> dict[str, bool]:
         """The runs whose membership changed since the last call, with their new one (for their ``pareto`` tags)."""
@@ -269,9 +282,10 @@ class FrontBook:
     def _values(self, row: Mapping[str, Any]) -> tuple[float, ...]:
         return tuple(_number(row.get(metric)) for metric in self.metrics)
 
-    def _final(self, run_id: str, final: dict[str, Any], *, feasible: bool) -> None:
+    def _final(self, run_id: str, final: dict[str, Any]) -> None:
         again = run_id in self.finals
         self.finals[run_id] = final
+        feasible = self.violation(run_id, final) is None
         change = self._front.add(run_id, self._values(final)) if feasible else self._front.discard(run_id)
         self._record(change, run_id, rebuilt=again)
         self._set_member(run_id, change.joined)
@@ -317,8 +331,8 @@ def write_front_files(snapshot: FrontSnapshot, directory: Path, study_name: str)
     if len(metrics) >= 2 and len(finals):
         title = f"{study_name}: {len(front)} of {len(finals)} completed trials on the front"
         args = (finals, front, metrics, modes)
-        paths.append(write_front_html(*args, directory / "pareto_front.html", title))
-        paths.append(write_front_png(*args, directory / "pareto_front.png", title))
+        paths.append(write_front_html(*args, directory / "pareto_front.html", title, step_front=steps_front))
+        paths.append(write_front_png(*args, directory / "pareto_front.png", title, step_front=steps_front))
     return paths
 
 

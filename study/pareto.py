@@ -28,11 +28,14 @@ __all__ = [
     "write_front_html",
     "write_front_png",
     "front_text",
+    "LOG_AXIS_SPAN",
 ]
 
 # Columns shown for each point when present (besides the plotted metrics), in this order.
 _IDENTITY_COLUMNS = ("run_name", "trial_id", "step", "learner", "criterion", "rank")
 _BLOCK = 512
+# A log axis for the second objective (learned parameters) once its values span this factor or more.
+LOG_AXIS_SPAN = 10
 
 
 def _check_modes(modes: Sequence[str], width: int) -> None:
@@ -141,7 +144,11 @@ def _axes(metrics: Sequence[str], modes: Sequence[str]) -> tuple[str, str, str, 
 def _log_scale(values: pd.Series) -> bool:
     # Learned parameters span orders of magnitude (adapters vs fine-tuning): use a log axis when they do.
     finite = values.astype(float).dropna()
-    return len(finite) > 0 and (finite > 0).all() and finite.max() / finite.min() >= 100
+    return len(finite) > 0 and (finite > 0).all() and finite.max() / finite.min() >= LOG_AXIS_SPAN
+
+
+def _drawn(points: pd.DataFrame, step_front: pd.DataFrame | None) -> pd.DataFrame:
+    return points if step_front is None or not len(step_front) else pd.concat([points, step_front], ignore_index=True)
 
 
 def _groups(points: pd.DataFrame) -> pd.Series:
@@ -172,9 +179,12 @@ def write_front_html(
     modes: Sequence[str],
     path: str | os.PathLike[str],
     title: str,
+    *,
+    step_front: pd.DataFrame | None = None,
 ) -> Path:
     """An interactive scatter of every point (coloured by learner / criterion) with the front highlighted and its
-    step line; hovering shows run name, trial, step and settings. plotly.js is embedded: the file works offline."""
+    step line; hovering shows run name, trial, step and settings. plotly.js is embedded: the file works offline.
+    ``step_front``: the front over every (trial, pruning step) point, drawn as a dashed line with its points."""
     import plotly.graph_objects as go  # local: plotting libraries load only when a plot is written
 
     x, x_mode, y, y_mode = _axes(metrics, modes)
@@ -198,6 +208,21 @@ def write_front_html(
     figure.add_trace(
         go.Scatter(x=line_x, y=line_y, mode="lines", line_shape="hv", name="Pareto front", line={"color": "black"})
     )
+    if step_front is not None and len(step_front):
+        step_x, step_y = front_line(step_front, x, y, x_mode)
+        figure.add_trace(
+            go.Scatter(
+                x=step_x,
+                y=step_y,
+                mode="lines+markers",
+                line_shape="hv",
+                name=f"front over every step ({len(step_front)})",
+                line={"color": "grey", "dash": "dash"},
+                marker={"size": 7, "symbol": "diamond-open", "color": "grey"},
+                text=_hover_text(step_front, _hover_columns(step_front, metrics)),
+                hovertemplate=f"{x}: %{{x}}<br>{y}: %{{y}}<br>%{{text}}<extra>step front</extra>",
+            )
+        )
     figure.add_trace(
         go.Scatter(
             x=front[x],
@@ -213,7 +238,7 @@ def write_front_html(
         title=title,
         xaxis_title=f"{x} ({x_mode})",
         yaxis_title=f"{y} ({y_mode})",
-        xaxis_type="log" if _log_scale(points[x]) else "linear",
+        xaxis_type="log" if _log_scale(_drawn(points, step_front)[x]) else "linear",
         template="plotly_white",
     )
     return write_atomically(path, lambda temporary: figure.write_html(temporary, include_plotlyjs=True, full_html=True))
@@ -226,6 +251,8 @@ def write_front_png(
     modes: Sequence[str],
     path: str | os.PathLike[str],
     title: str,
+    *,
+    step_front: pd.DataFrame | None = None,
 ) -> Path:
     """The same picture as ``write_front_html``, as a static PNG (matplotlib's Agg canvas; no display needed)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg  # local: see write_front_html
@@ -242,7 +269,20 @@ def write_front_png(
     line_x, line_y = front_line(front, x, y, x_mode)
     axes.plot(line_x, line_y, drawstyle="steps-post", color="black", linewidth=1.2, label="Pareto front")
     axes.scatter(front[x], front[y], s=90, facecolors="none", edgecolors="black", linewidths=1.5)
-    if _log_scale(points[x]):
+    if step_front is not None and len(step_front):
+        step_x, step_y = front_line(step_front, x, y, x_mode)
+        axes.plot(
+            step_x,
+            step_y,
+            drawstyle="steps-post",
+            color="grey",
+            linestyle="--",
+            marker="D",
+            markerfacecolor="none",
+            linewidth=1.0,
+            label=f"front over every step ({len(step_front)})",
+        )
+    if _log_scale(_drawn(points, step_front)[x]):
         axes.set_xscale("log")
     axes.set_xlabel(f"{x} ({x_mode})")
     axes.set_ylabel(f"{y} ({y_mode})")

@@ -10,6 +10,7 @@ beside its trials (``study.driver_state``) before its settings are read.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import time
@@ -18,6 +19,7 @@ from typing import Any
 
 from spa.config import ExperimentConfig
 from study import preflight
+from study.constraints import Constraints
 from study.schedulers import STOPPING
 from study.settings import (
     DEFAULT_STORAGE_PATH,
@@ -84,6 +86,10 @@ def plan(args: argparse.Namespace) -> tuple[StudySettings, SearchSpace]:
     preflight.check_writable_dir("--cache-dir", settings.cache_dir)
     preflight.check_tracking_uri(settings.tracking_uri)  # before the slower checks: it may wait TIMEOUT_S
     space = space.with_overrides(overrides(settings, space))
+    if settings.smoke:
+        # One epoch and one pruning step cannot reach a floor set for the real budget; a smoke study checks the
+        # pipeline, so its front is of every completed trial.
+        space = dataclasses.replace(space, constraints=Constraints())
     if settings.scheduler in STOPPING and max_final_step(space) < 1:
         raise UsageError(
             f"--scheduler {settings.scheduler} stops trials at pruning steps, but this space prunes no step"

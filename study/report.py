@@ -13,10 +13,11 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import shutil
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -27,7 +28,19 @@ from study.names import DEFAULT_OBJECTIVES, DEFAULT_TRACKING_URI, FINAL_STEP, MO
 from study.pareto import front_frame, front_text, write_front_html, write_front_png
 from study.records import POINT_METRICS, load_points
 
-__all__ = ["build_parser", "final_points", "learner_label", "table1", "table1_text", "main"]
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+
+__all__ = [
+    "build_parser",
+    "final_points",
+    "learner_label",
+    "table1",
+    "table1_text",
+    "export_front_models",
+    "EXPORT_INDEX",
+    "main",
+]
 
 TABLE1_COLUMNS = (
     "criterion",
@@ -202,7 +215,63 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--html", type=Path, default=None, help="also draw the front to this HTML file (default: none)")
     parser.add_argument("--png", type=Path, default=None, help="also draw the front to this PNG file (default: none)")
+    parser.add_argument(
+        "--export",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="also download the logged model of every front member into DIR/<model name>/ and write DIR/index.csv "
+        "(default: none)",
+    )
     return parser
+
+
+EXPORT_INDEX = "index.csv"
+
+
+def export_front_models(client: MlflowClient, experiment_id: str, front: pd.DataFrame, directory: Path) -> pd.DataFrame:
+    """Download the logged model of each front point (run, step) into ``directory``; returns (and writes) the index.
+
+    A point without a logged model (a study recorded before models were logged) is listed with an empty path."""
+    import mlflow.artifacts
+
+    models, token = {}, None
+    while True:
+        page = client.search_logged_models([experiment_id], page_token=token)
+        for model in page:
+            if model.source_run_id and "step" in model.tags:
+                models[(model.source_run_id, int(model.tags["step"]))] = model
+        token = page.token
+        if not token:
+            break
+    rows = []
+    directory.mkdir(parents=True, exist_ok=True)
+    for point in front.to_dict("records"):
+        model = models.get((point["run_id"], int(point["step"])))
+        row = {
+            "model_name": model.name if model else "",
+            "model_id": model.model_id if model else "",
+            "model_uri": f"models:/{model.model_id}" if model else "",
+            "path": "",
+            **{c: point.get(c) for c in ("run_name", "run_id", "step", "learner", "criterion", "rank", *POINT_METRICS)},
+        }
+        if model is not None:
+            target = directory / model.name
+            # The model's artifact location, not "models:/<id>": that is resolved through the process-wide tracking
+            # URI, this one through the client's (a server's mlflow-artifacts:/ location included).
+            scratch = directory / f".{model.name}.download"
+            shutil.rmtree(scratch, ignore_errors=True)
+            local = mlflow.artifacts.download_artifacts(
+                artifact_uri=model.artifact_location, dst_path=str(scratch), tracking_uri=client.tracking_uri
+            )
+            shutil.rmtree(target, ignore_errors=True)
+            shutil.move(local, target)  # the location's last folder ("artifacts") becomes DIR/<model name>
+            shutil.rmtree(scratch, ignore_errors=True)
+            row["path"] = str(target)
+        rows.append(row)
+    index = pd.DataFrame(rows)
+    write_atomically(directory / EXPORT_INDEX, lambda temporary: index.to_csv(temporary, index=False))
+    return index
 
 
 def _sqlite_file(uri: str) -> Path | None:
@@ -268,6 +337,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.png is not None:
         write_front_png(candidates, front, metrics, modes, args.png, title)
         print(f"wrote {args.png}")
+    if args.export is not None:
+        index = export_front_models(client, experiment.experiment_id, front, args.export)
+        exported = int((index["path"] != "").sum()) if len(index) else 0
+        print(
+            f"exported {exported} of {len(index)} front models to {args.export} (index: {args.export / EXPORT_INDEX})"
+        )
     return 0
 
 

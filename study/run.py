@@ -200,9 +200,12 @@ def build_tuner(settings: StudySettings, space: SearchSpace, max_concurrent: int
             "max_concurrent": max_concurrent,
             "smoke": settings.smoke,
             "objectives": ",".join(f"{m}:{mode}" for m, mode in zip(space.metrics, space.modes, strict=True)),
+            **{f"constraint_{key}": value for key, value in space.constraints.spec().items()},
         },
         tags={**_versions(), "space": settings.space, "mlflow.note.content": space.description},
         defaults=ExperimentConfig().to_flat(),
+        constraints=space.constraints,
+        register_model=settings.register_model,
     )
     tuner = tune.Tuner(
         trainable,
@@ -247,6 +250,25 @@ def snapshots(settings: StudySettings) -> Any:
     return DriverStateSnapshots(settings.snapshot_location, databases=databases, files=files)
 
 
+def ui_lines(tracking_uri: str, experiment_name: str) -> list[str]:
+    """Where to see the study in the MLflow UI: the command for a local store, the exact URLs (model-training
+    mode, the experiment's id) of the runs and of the front's logged models."""
+    from mlflow import MlflowClient
+
+    from study.mlflow_experiment import is_local_store, models_url, runs_url, ui_base
+
+    experiment = MlflowClient(tracking_uri=tracking_uri).get_experiment_by_name(experiment_name)
+    lines = []
+    if is_local_store(tracking_uri):
+        lines.append(f"mlflow:  mlflow ui --backend-store-uri {tracking_uri} --host 127.0.0.1 --port 5000")
+    if experiment is None:
+        return [*lines, f"         (no experiment {experiment_name!r} in {tracking_uri} yet)"]
+    base = ui_base(tracking_uri)
+    lines.append(f"runs:    {runs_url(base, experiment.experiment_id)}   (experiment {experiment_name!r})")
+    lines.append(f"models:  {models_url(base, experiment.experiment_id)}")
+    return lines
+
+
 def summarize(settings: StudySettings, space: SearchSpace, *, seconds: float, first_error: str | None = None) -> int:
     """Print the front and where to look; the exit status: 130 when interrupted, 1 when every trial failed
     (``outcome.failures_verdict``; the line says how many failed, and the first reason), else 0."""
@@ -254,10 +276,9 @@ def summarize(settings: StudySettings, space: SearchSpace, *, seconds: float, fi
     import pandas as pd
 
     from study.pareto import front_text
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
     from study.searcher import REASON_ATTRS
 
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.load_study(study_name=settings.name, storage=settings.optuna_url)
     trials = study.get_trials(deepcopy=False)
     states = [trial.state.name for trial in trials]
@@ -279,9 +300,8 @@ def summarize(settings: StudySettings, space: SearchSpace, *, seconds: float, fi
     store = settings.tracking_uri
     print()
     print(f"files:   {settings.study_dir}/pareto_front.{{csv,html,png}}, pareto_front_steps.csv")
-    print(
-        f"mlflow:  mlflow ui --backend-store-uri {store} --host 127.0.0.1   (experiment {settings.experiment_name!r})"
-    )
+    for line in ui_lines(store, settings.experiment_name):
+        print(line)
     print(f"report:  python -m study.report --tracking-uri {store} --experiment-name {settings.experiment_name}")
     if interrupted:
         print(

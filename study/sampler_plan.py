@@ -91,7 +91,8 @@ def plan_sampler(name: str, *, num_samples: int, num_params: int | None = None, 
 
 
 def build_sampler(plan: SamplerPlan, seed: int) -> optuna.samplers.BaseSampler:
-    """The Optuna sampler of ``plan``, seeded."""
+    """The Optuna sampler of ``plan``, seeded. (Constraints reach TPE, NSGA-II and GP through the trials'
+    ``set_constraint``, see ``study.constraints``.)"""
     import optuna  # local: the command checks --sampler and prints the plan before Optuna loads
 
     if plan.name == "tpe":

@@ -21,6 +21,7 @@ from ray.tune.search import ConcurrencyLimiter, SearchGenerator
 from ray.tune.search.optuna import OptunaSearch
 
 from spa.validation import is_finite_number
+from study.constraints import CONSTRAINTS_ATTR, UNPRUNED_VAL_ACCURACY, VIOLATION, Constraints
 from study.names import TRIAL_NUMBER
 from study.outcome import COMPLETE, FAILED, PRUNED, judge
 from study.ray_internals import optuna_study, optuna_trials, raise_total_samples, told_trial_ids
@@ -89,6 +90,7 @@ class StudySearcher(OptunaSearch):
             study_name=study_name,
             storage=storage,
         )
+        self._constraints = space.constraints
 
     @property
     def study(self) -> optuna.Study:
@@ -100,6 +102,19 @@ class StudySearcher(OptunaSearch):
             optuna_trials(self)[trial_id].set_user_attr(TUNE_TRIAL_ATTR, trial_id)
         return config
 
+    @property
+    def constraints(self) -> Constraints:
+        return getattr(self, "_constraints", None) or Constraints()  # a searcher pickled before constraints existed
+
+    def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
+        # Step 0 (trained, unpruned) is what a relative accuracy floor is a fraction of: kept in the Optuna storage,
+        # so a resumed driver still knows it.
+        if result.get("step") == 0 and is_finite_number(result.get("val_accuracy")):
+            ot_trial = optuna_trials(self).get(trial_id)
+            if ot_trial is not None:
+                ot_trial.set_user_attr(UNPRUNED_VAL_ACCURACY, float(result["val_accuracy"]))
+        super().on_trial_result(trial_id, result)
+
     def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False) -> None:
         if trial_id in told_trial_ids(self):
             return
@@ -109,11 +124,23 @@ class StudySearcher(OptunaSearch):
             return
         outcome = judge(result, self.metric, error=error)
         attrs = last_values(result, self.metric) if outcome.state == PRUNED else {}
+        if result and outcome.state in (COMPLETE, PRUNED) and self.constraints.declared():
+            attrs.update(self._constraint_attrs(ot_trial.number, result))
         try:
             self._tell(ot_trial.number, outcome.state, outcome.values, outcome.reason, attrs)
         except Exception as exc:  # bookkeeping must never end the study; say so loudly instead
             logger.error("could not tell Optuna trial %d (%s): %s", ot_trial.number, outcome.state, exc)
         told_trial_ids(self).add(trial_id)
+
+    def _constraint_attrs(self, number: int, result: dict[str, Any]) -> dict[str, Any]:
+        """The constraint values of a trial (told to Optuna by set_constraint) and, when it breaks one,
+        the reason."""
+        unpruned = self.study.get_trials(deepcopy=False)[number].user_attrs.get(UNPRUNED_VAL_ACCURACY)
+        attrs: dict[str, Any] = {CONSTRAINTS_ATTR: dict(self.constraints.named_values(result, unpruned))}
+        violation = self.constraints.violation(result, unpruned)
+        if violation:
+            attrs[VIOLATION] = violation
+        return attrs
 
     def restore(self, checkpoint_path: str) -> None:
         super().restore(checkpoint_path)
@@ -139,6 +166,9 @@ class StudySearcher(OptunaSearch):
         try:
             for key, value in {**({REASON_ATTRS[state]: reason} if reason else {}), **(attrs or {})}.items():
                 trial.set_user_attr(key, value)
+            # Optuna 5's constraint mechanism (constraints_func is deprecated there): the samplers read these.
+            for key, value in (attrs or {}).get(CONSTRAINTS_ATTR, {}).items():
+                trial.set_constraint(key, value)
         except UpdateFinishedTrialError:
             return
         self.study.tell(number, list(values) if values else None, state=_STATES[state], skip_if_finished=True)

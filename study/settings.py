@@ -86,6 +86,7 @@ class StudySettings:
     study_id: str = ""
     max_failures: int = 0  # retries of a trial whose node died or that raised (Tune's FailureConfig)
     optuna_storage: str = ""  # an RDB URL (--optuna-storage); "": the SQLite file OPTUNA_DB in the study directory
+    register_model: str | None = None  # the registered model the front's models become versions of
 
     @property
     def study_dir(self) -> Path:
@@ -185,6 +186,8 @@ def check_flags(args: argparse.Namespace) -> None:
         raise UsageError(f"--data-dir {args.data_dir!r} does not exist; create it or pass another")
     if args.tracking_uri is not None:
         _tracking_uri(args.tracking_uri)
+    if args.register_model is not None and (not args.register_model.strip() or "'" in args.register_model):
+        raise UsageError(f"--register-model {args.register_model!r} is not allowed; allowed: a name without quotes")
 
 
 def given_settings(args: argparse.Namespace) -> dict[str, Any]:
@@ -212,6 +215,7 @@ def given_settings(args: argparse.Namespace) -> dict[str, Any]:
         "smoke": args.smoke or None,
         "max_failures": args.max_failures,
         "optuna_storage": None if args.optuna_storage is None else _optuna_storage(args.optuna_storage),
+        "register_model": args.register_model,
     }
 
 
@@ -276,6 +280,7 @@ def new_settings(given: dict[str, Any], space_name: str, *, cluster: bool) -> St
         study_id=uuid.uuid4().hex,
         max_failures=value("max_failures", DEFAULT_MAX_FAILURES_CLUSTER if cluster else DEFAULT_MAX_FAILURES_LOCAL),
         optuna_storage=value("optuna_storage", ""),
+        register_model=given["register_model"],
     )
 
 

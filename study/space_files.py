@@ -9,8 +9,8 @@ A file may build on others::
 
 A base is found beside the file first, then in ``SPACES_DIR``; a name ending in ``.toml`` is a path relative to the
 file. The bases are merged in the order listed, then the file itself on top: ``description`` and ``objectives``
-are replaced whole; ``fixed`` settings and ``params`` tables are replaced key by key (a parameter a base
-already had keeps its place, so the sampling order stays that of the files); a key fixed on top stops being
+are replaced whole; ``fixed`` settings, ``params`` tables and ``constraints`` are replaced key by key (a parameter
+a base already had keeps its place, so the sampling order stays that of the files); a key fixed on top stops being
 searched, and a key searched on top stops being fixed. A cycle is refused in one line naming its files.
 
 Files whose name starts with ``_`` are bases: listed nowhere and not runnable on their own, they exist to be
@@ -155,8 +155,8 @@ def _bases(extends: Any, path: Path) -> list[Path]:
 
 def _merge(base: Mapping[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
     """``top`` over ``base`` (see the module docstring); neither is changed."""
-    merged = {key: value for key, value in base.items() if key not in ("fixed", "params")}
-    merged.update({key: value for key, value in top.items() if key not in ("fixed", "params")})
+    merged = {key: value for key, value in base.items() if key not in ("fixed", "params", "constraints")}
+    merged.update({key: value for key, value in top.items() if key not in ("fixed", "params", "constraints")})
     fixed_on_top, params_on_top = top.get("fixed", {}), top.get("params", {})  # tables: checked before merging
     fixed = {key: value for key, value in base.get("fixed", {}).items() if key not in params_on_top}
     params = {key: value for key, value in base.get("params", {}).items() if key not in fixed_on_top}
@@ -166,11 +166,15 @@ def _merge(base: Mapping[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
         merged["fixed"] = fixed
     if params:
         merged["params"] = params
+    constraints = {**base.get("constraints", {}), **top.get("constraints", {})}
+    if constraints:
+        merged["constraints"] = constraints
     return merged
 
 
 def toml_text(data: Mapping[str, Any], *, header: str = "") -> str:
-    """A space's data (``description``, ``fixed``, ``params``, ``objectives``) as a TOML file ``read`` gives back."""
+    """A space's data (``description``, ``fixed``, ``params``, ``objectives``, ``constraints``) as a TOML file ``read``
+    gives back."""
     lines = [f"# {line}" for line in header.splitlines()]
     if "description" in data:
         lines.append(f"description = {_value(data['description'])}")
@@ -180,6 +184,8 @@ def toml_text(data: Mapping[str, Any], *, header: str = "") -> str:
         lines += ["", f"[params.{name}]", *(f"{key} = {_value(value)}" for key, value in spec.items())]
     for objective in data.get("objectives", ()):
         lines += ["", "[[objectives]]", *(f"{key} = {_value(value)}" for key, value in objective.items())]
+    if data.get("constraints"):
+        lines += ["", "[constraints]", *(f"{key} = {_value(value)}" for key, value in data["constraints"].items())]
     return "\n".join(lines) + "\n"
 
 

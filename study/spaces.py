@@ -23,6 +23,9 @@ A file is data, nothing else::
     metric = "val_accuracy"
     mode = "max"
 
+    [constraints]              # optional: what a trial must reach to count (study.constraints)
+    min_val_accuracy = 0.6
+
 Loading rejects, with one line naming the file, the key and what is allowed, everything a trial would otherwise
 trip over hours later: unknown keys, bad types and bounds, and values ``ExperimentConfig`` refuses (every fixed
 setting, every parameter at its low and high end, every categorical choice).
@@ -39,6 +42,7 @@ from typing import TYPE_CHECKING, Any
 from spa.config import ConfigError, ExperimentConfig
 from spa.schedules import density_schedule
 from spa.validation import is_finite_number, is_int
+from study.constraints import Constraints, parse_constraints
 from study.names import DEFAULT_OBJECTIVES, MODES, OBJECTIVE_METRICS, Objective
 from study.space_files import (
     SPACES_DIR,
@@ -69,7 +73,7 @@ __all__ = [
 ]
 
 PARAM_KINDS = ("int", "float", "categorical")
-_TOP_KEYS = ("description", "fixed", "params", "objectives", "extends")
+_TOP_KEYS = ("description", "fixed", "params", "objectives", "constraints", "extends")
 _PARAM_KEYS = ("type", "low", "high", "log", "step", "choices")
 _OBJECTIVE_KEYS = ("metric", "mode")
 
@@ -143,6 +147,7 @@ class SearchSpace:
     fixed: Mapping[str, Any]
     params: tuple[Param, ...]
     objectives: tuple[Objective, ...] = DEFAULT_OBJECTIVES
+    constraints: Constraints = Constraints()
 
     @property
     def metrics(self) -> list[str]:
@@ -180,6 +185,7 @@ class SearchSpace:
             "fixed": dict(self.fixed),
             "params": {param.name: param.spec() for param in self.params},
             "objectives": [{"metric": objective.metric, "mode": objective.mode} for objective in self.objectives],
+            "constraints": self.constraints.spec(),
         }
         return toml_text(data, header=header)
 
@@ -223,6 +229,7 @@ def _parse(data: Mapping[str, Any], path: Path) -> SearchSpace:
         fixed=_ReadOnlyDict(fixed),
         params=params,
         objectives=objectives,
+        constraints=parse_constraints(data.get("constraints"), lambda message: _error(path, message)),
     )
     _check_values(space)
     return space
@@ -258,6 +265,7 @@ def _structure(
         if name in fixed:
             raise _error(path, f"params.{name} is both fixed and searched; allowed: one of fixed.{name}, params.{name}")
         params.append(_parse_param(path, name, spec))
+    parse_constraints(data.get("constraints"), lambda message: _error(path, message))  # each file, before merging
     return description, dict(fixed), tuple(params), _parse_objectives(path, data.get("objectives"))
 
 

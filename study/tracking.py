@@ -4,12 +4,18 @@ One experiment per study (by default), one parent run per study (tag ``study_id`
 (``PARENT_TAG``; tags ``trial_id``, ``trial_number``, ``learner``, ``criterion``, ``node_ip``; params = the
 trial's settings; one metric value per pruning step, MLflow step = pruning step). A trial ends FINISHED,
 KILLED (stopped early by the scheduler: tag ``stopped_by``) or FAILED (tag ``error``), judged as Optuna is told
-(``study.outcome.judge``). Every time a trial ends the front book (``study.front``) updates the fronts
+(``study.outcome.judge``); a completed trial that breaks the space's constraints is tagged ``constraint_violated``
+(the reason) and is on no front. Every time a trial ends the front book (``study.front``) updates the fronts
 incrementally and the completed runs whose membership changed are tagged ``pareto=true`` or ``false``; the front
 files (in the study directory, logged as artifacts of the parent run) are written by a background thread, at most
 every few seconds and always at the study's end (Ctrl-C included), so the event loop never waits for a plot.
 Recording results needs neither torch nor ``spa``'s model code: the experiment's default settings come
-in as plain data (``defaults``).
+in as plain data (``defaults``); torch is imported only to rebuild a front member's model.
+
+The experiment is tagged as model training (``study.mlflow_experiment``); only a local store gets a local artifact
+location. Front members become logged models (``study.front_models``: the step's checkpoint is copied from the
+trial's storage when it arrives, ``on_checkpoint``, and logged when a trial ends). When a trial ends the parent run
+gets ``STUDY_METRICS`` at MLflow step = trials ended so far, and ``COMPUTE_METRIC`` at step = their compute seconds.
 
 Resuming: Tune restores this callback from the pickled tuner, so it holds plain settings until ``setup``; there it
 finds the parent and child runs of the study in MLflow again (``study.records``), reuses the run of every trial
@@ -30,12 +36,34 @@ from ray import cloudpickle
 from ray.tune import Callback
 from ray.tune.experiment import Trial
 
+from study.constraints import VIOLATION, Constraints
 from study.front import FrontBook, FrontWriter
-from study.names import PARENT_TAG, STUDY_KEYS, TRIAL_NUMBER, trial_name
+from study.front_measures import Member, Reference, front_hypervolume
+from study.front_models import FrontModels
+from study.mlflow_experiment import EXPERIMENT_KIND_TAG, MODEL_TRAINING_KIND, artifact_location
+from study.names import FINAL_STEP, PARENT_TAG, STUDY_KEYS, TRIAL_NUMBER, trial_name
 from study.outcome import COMPLETE, FAILED, PRUNED, judge, one_line
 from study.records import POINT_METRICS, child_runs, load_points, point_row
 
-__all__ = ["StudyTracker"]
+__all__ = ["StudyTracker", "STUDY_METRICS", "COMPUTE_METRIC", "REFERENCE_TAG"]
+
+# Parent-run metrics, logged when a trial ends at MLflow step = the number of trials ended so far.
+STUDY_METRICS = (
+    "front_size",
+    "hypervolume",
+    "best_val_accuracy",
+    "trials_complete",
+    "trials_pruned",
+    "trials_failed",
+    "compute_s",
+    "driver_trial_end_s",
+    "models_logged",
+    "model_logging_s",
+)
+# The hypervolume again, at MLflow step = the trials' cumulative compute seconds (Tune's time_total_s).
+COMPUTE_METRIC = "hypervolume_by_compute_s"
+# Parent-run tag holding the hypervolume's reference point, "chance_accuracy,learned_params".
+REFERENCE_TAG = "hypervolume_reference"
 
 _STATUS = {COMPLETE: "FINISHED", PRUNED: "KILLED", FAILED: "FAILED"}
 _LIVE = (Trial.PENDING, Trial.RUNNING, Trial.PAUSED)
@@ -59,6 +87,8 @@ class StudyTracker(Callback):
         params: Mapping[str, Any],
         tags: Mapping[str, str],
         defaults: Mapping[str, Any] | None = None,
+        constraints: Constraints | None = None,
+        register_model: str | None = None,
     ) -> None:
         self.tracking_uri = tracking_uri
         self.experiment_name = experiment_name
@@ -73,6 +103,8 @@ class StudyTracker(Callback):
         # The flat settings of the default experiment (``ExperimentConfig().to_flat()``): a run's params are these
         # with the trial's own on top, so they say how to repeat it.
         self.defaults = dict(defaults or {})
+        self.constraints = constraints or Constraints()  # a trial that breaks one is tagged and on no front
+        self.register_model = register_model
         self._reset()
 
     def _reset(self) -> None:
@@ -82,12 +114,16 @@ class StudyTracker(Callback):
         self._runs: dict[str, str] = {}  # trial_id -> run_id
         self._logged_steps: dict[str, set[int]] = {}  # run_id -> steps logged
         self._nodes: dict[str, list[str]] = {}  # run_id -> ids of the Ray nodes it ran on
-        self._book = FrontBook(self.metrics, self.modes)
+        self._book = FrontBook(self.metrics, self.modes, self.constraints)
         self._writer: FrontWriter | None = None  # started in setup: a thread, never pickled
         self._started: set[str] = set()  # trial_ids started in this session
         self._ended: set[str] = set()  # trial_ids recorded as ended in this session
         self._reconciled = False
         self._total = 0
+        self._models: FrontModels | None = None
+        self._outcomes: dict[str, str] = {}  # run id -> outcome state, every trial of the study that ended
+        self._compute_s = 0.0  # the ended trials' compute seconds (Tune's time_total_s), summed
+        self._end_seconds: list[float] = []  # driver wall time of each trial end in this session
 
     def __getstate__(self) -> dict[str, Any]:  # Tune pickles the tuner: keep settings only
         state = self.__dict__.copy()
@@ -96,7 +132,8 @@ class StudyTracker(Callback):
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update({"defaults": {}, **state})  # a tuner pickled before defaults existed
+        # A tuner pickled before defaults / register_model / constraints existed.
+        self.__dict__.update({"defaults": {}, "register_model": None, "constraints": Constraints(), **state})
         self._reset()
 
     @property
@@ -111,6 +148,13 @@ class StudyTracker(Callback):
         self._total = int(total_num_samples or num_samples or 0)
         self.experiment_id = self._experiment()
         self.parent_run_id = self._parent_run()
+        self._models = FrontModels(
+            self.client,
+            experiment_id=self.experiment_id,
+            study_id=self.study_id,
+            directory=self.study_dir / "front_checkpoints",
+            register_model=self.register_model,
+        )
         self._load_children()
         parent_run_id, artifacts = self.parent_run_id, MlflowClient(tracking_uri=self.tracking_uri)
 
@@ -174,6 +218,17 @@ class StudyTracker(Callback):
         if isinstance(step, (int, float)) and int(step) not in self._logged_steps.get(run_id, set()):
             self._log_step(trial, run_id, trial.last_result)
 
+    def on_checkpoint(self, iteration: int, trials: list[Trial], trial: Trial, checkpoint: Any, **info) -> None:
+        """Keep a copy of the step's checkpoint if its point is on the step front or is the trial's last step: Tune
+        deletes it when the next step's arrives, and it may be (or become) a front member's model."""
+        result = trial.last_result or {}
+        if "step" not in result or self._models is None:
+            return
+        key = (self._run_of(trial), int(result["step"]))
+        final = result.get(FINAL_STEP)
+        if key in self._book.step_front_points() or (final is not None and key[1] >= int(final)):
+            self._models.keep(key, checkpoint.path, checkpoint.filesystem)
+
     def on_trial_complete(self, iteration: int, trials: list[Trial], trial: Trial, **info) -> None:
         self._end(trial, error=False)
 
@@ -197,6 +252,11 @@ class StudyTracker(Callback):
         if self._writer is not None:  # the final files, written before the parent run ends
             self._writer.close(self._book.snapshot())
             self._writer = None
+        if self._models is not None:
+            # The models still being logged, then their tags as the fronts stand now.
+            errors = self._models.finish()
+            if errors:
+                self._set_tags(self.parent_run_id, {"model_errors": one_line("; ".join(errors))})
         counts = {state: 0 for state in _STATUS.values()}
         for run in self._child_runs():
             counts[run.info.status] = counts.get(run.info.status, 0) + 1
@@ -221,11 +281,16 @@ class StudyTracker(Callback):
     def _experiment(self) -> str:
         experiment = self.client.get_experiment_by_name(self.experiment_name)
         if experiment is None:
-            location = (self.study_dir / "mlartifacts").resolve().as_uri()
-            return self.client.create_experiment(self.experiment_name, artifact_location=location)
-        if experiment.lifecycle_stage != "active":
-            self.client.restore_experiment(experiment.experiment_id)
-        return experiment.experiment_id
+            # A local store writes artifacts beside the study; a server puts them where it was told to.
+            location = artifact_location(self.tracking_uri, self.study_dir)
+            experiment_id = self.client.create_experiment(self.experiment_name, artifact_location=location)
+        else:
+            experiment_id = experiment.experiment_id
+            if experiment.lifecycle_stage != "active":
+                self.client.restore_experiment(experiment_id)
+        # MLflow 3's UI opens an experiment without this tag in its GenAI (traces) mode.
+        self.client.set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING_KIND)
+        return experiment_id
 
     def _parent_run(self) -> str:
         parents = self.client.search_runs(
@@ -251,10 +316,17 @@ class StudyTracker(Callback):
         return child_runs(self.client, self.experiment_id, self.parent_run_id)
 
     def _load_children(self) -> None:
-        """Rebuild what this study logged before (a resumed study): runs by trial, steps, points and the front."""
+        """Rebuild what this study logged before (a resumed study): runs by trial, steps, points and the front,
+        the models of front members, the study metrics' running totals."""
         children = self._child_runs()
         if not children:
             return
+        self._models.restore()
+        parent = self.client.get_run(self.parent_run_id).data
+        self._compute_s = float(parent.metrics.get("compute_s", 0.0))
+        if REFERENCE_TAG in parent.tags:
+            chance, learned = (float(v) for v in parent.tags[REFERENCE_TAG].split(","))
+            self._models.reference = Reference(chance, learned)
         membership = {}
         for run in children:
             trial_id = run.data.tags.get("trial_id")
@@ -262,6 +334,8 @@ class StudyTracker(Callback):
                 self._runs[trial_id] = run.info.run_id
             if "pareto" in run.data.tags:
                 membership[run.info.run_id] = run.data.tags["pareto"] == "true"
+            if "outcome" in run.data.tags:
+                self._outcomes[run.info.run_id] = run.data.tags["outcome"]
         statuses = {run.info.run_id: run.info.status for run in children}
         points = load_points(self.client, self.experiment_id, statuses=None, parent_run_id=self.parent_run_id)
         self._book.restore(points, statuses, membership)
@@ -310,6 +384,7 @@ class StudyTracker(Callback):
     def _end(self, trial: Trial, *, error: bool) -> None:
         if trial.trial_id in self._ended:
             return
+        started = time.perf_counter()
         self._ended.add(trial.trial_id)
         run_id = self._run_of(trial)
         outcome = judge(trial.last_result, self.metrics, error=error)
@@ -324,19 +399,69 @@ class StudyTracker(Callback):
             final = self._book.points.get((run_id, outcome.step)) or self._point(
                 trial, run_id, status, outcome.step, trial.last_result
             )
+            violation = self._book.violation(run_id, final)
+            if violation:
+                tags.update({VIOLATION: violation, "pareto": "false"})
         else:
             tags["pareto"] = "false"
         self._book.end(run_id, status, final)
         self._set_tags(run_id, tags)
         self.client.set_terminated(run_id, status)
+        first_end = run_id not in self._outcomes
+        self._outcomes[run_id] = outcome.state
+        if first_end:
+            self._compute_s += float((trial.last_result or {}).get("time_total_s") or 0.0)
         self._tag_membership()
         if self._writer is not None:
             self._writer.request(self._book.snapshot())
+        self._update_models()
+        self._log_study_metrics(time.perf_counter() - started)
 
     def _tag_membership(self) -> None:
         """The ``pareto`` tag of every run whose membership of the front changed (the book keeps the front)."""
         for run_id, member in self._book.take_changes().items():
             self._set_tags(run_id, {"pareto": "true" if member else "false"})
+
+    def _update_models(self) -> None:
+        if self._models is None:
+            return
+        known_reference = self._models.reference
+        rows = dict(self._book.points)
+        rows.update({(run_id, int(row["step"])): row for run_id, row in self._book.finals.items()})
+        self._models.update(self._book.front_points(), self._book.step_front_points(), rows, set(self._outcomes))
+        reference = self._models.reference
+        if reference is not None and known_reference is None:
+            self._set_tags(
+                self.parent_run_id, {REFERENCE_TAG: f"{reference.chance_accuracy},{reference.learned_params}"}
+            )
+
+    def _log_study_metrics(self, seconds: float) -> None:
+        """The study-level metrics at step = trials ended; constant work per trial end (the front only)."""
+        self._end_seconds.append(seconds)
+        front = self._book.front_rows()
+        reference = None if self._models is None else self._models.reference
+        members = [Member(row["run_id"], row["val_accuracy"], row["learned_params"]) for row in front]
+        hypervolume = front_hypervolume(members, reference) if reference is not None else (0.0 if not front else None)
+        states = list(self._outcomes.values())
+        finals = [row.get("val_accuracy") for row in self._book.finals.values()]
+        values = {
+            "front_size": len(front),
+            "hypervolume": hypervolume,
+            "best_val_accuracy": max((v for v in finals if v == v), default=None),
+            "trials_complete": states.count(COMPLETE),
+            "trials_pruned": states.count(PRUNED),
+            "trials_failed": states.count(FAILED),
+            "compute_s": self._compute_s,
+            "driver_trial_end_s": seconds,
+            # This driver session's logged models and the wall time they took (rebuild, export, upload).
+            "models_logged": None if self._models is None else len(self._models.seconds),
+            "model_logging_s": None if self._models is None else sum(list(self._models.seconds)),
+        }
+        step, timestamp = len(states), int(time.time() * 1000)
+        metrics = [Metric(key, float(value), timestamp, step) for key, value in values.items() if value is not None]
+        if hypervolume is not None:
+            metrics.append(Metric(COMPUTE_METRIC, float(hypervolume), timestamp, int(round(self._compute_s))))
+        self.client.log_batch(self.parent_run_id, metrics=metrics)
 
     def _point(self, trial: Trial, run_id: str, status: str, step: int, result: Mapping[str, Any]) -> dict[str, Any]:
         return point_row(

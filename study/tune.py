@@ -78,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--smoke",
         action="store_true",
         help=f"smallest meaningful study: {SMOKE_NUM_SAMPLES} trials unless --num-samples, and "
-        f"{', '.join(f'{k}={v}' for k, v in SMOKE_BUDGET.items())} (default: off)",
+        f"{', '.join(f'{k}={v}' for k, v in SMOKE_BUDGET.items())}, and no constraints (default: off)",
     )
 
     task = parser.add_argument_group("the task (default: the space's own settings, the embedded digits task)")
@@ -155,6 +155,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="URL",
         help="the Optuna study's database, an RDB URL such as postgresql://user:password@host/optuna or "
         "sqlite:////abs/optuna.db (default: optuna.db in the study directory, snapshotted beside the trials)",
+    )
+    where.add_argument(
+        "--register-model",
+        default=None,
+        metavar="NAME",
+        help="register the front's logged models as versions of the registered model NAME, with aliases "
+        "best-accuracy, fewest-learned-params and knee kept on the current front (default: off)",
     )
     return parser
 

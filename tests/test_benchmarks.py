@@ -18,7 +18,7 @@ import pytest
 import torch
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
-SCRIPTS = ("adapter_step", "pruned_inference", "criteria_cost", "claim", "gpu", "harness_scale")
+SCRIPTS = ("adapter_step", "pruned_inference", "criteria_cost", "claim", "gpu", "harness_scale", "search_quality")
 
 
 def load(name: str) -> ModuleType:
@@ -285,6 +285,29 @@ def test_harness_scale_helpers() -> None:
 
     assert front_frame(points, scale.METRICS, scale.MODES).equals(scale.pairwise_front_frame(points))
     assert scale.book_add_seconds(points, last=100) > 0
+
+
+def test_search_quality_helpers() -> None:
+    import numpy as np
+    import pandas as pd
+
+    quality = load("search_quality")
+    # Two points, minimised, reference (4, 4): (1, 3) and (2, 1) dominate 3x1 + 2x2 (the overlap counted once).
+    assert quality.hypervolume_2d(np.array([[1.0, 3.0], [2.0, 1.0]]), (4.0, 4.0)) == pytest.approx(3.0 + 4.0)
+    # A dominated point, a duplicate, one beyond the reference and a NaN add nothing.
+    extra = [[1.0, 3.0], [2.0, 1.0], [3.0, 3.0], [2.0, 1.0], [5.0, 0.0], [math.nan, 0.0]]
+    assert quality.hypervolume_2d(np.array(extra), (4.0, 4.0)) == pytest.approx(7.0)
+    assert quality.hypervolume_2d(np.empty((0, 2)), (1.0, 1.0)) == 0.0
+    finals = pd.DataFrame({"val_accuracy": [0.9, 0.5], "learned_params": [1000.0, 10.0]})
+    assert quality.study_losses(finals).tolist() == [[-0.9, 3.0], [-0.5, 1.0]]
+    trials = pd.DataFrame({"trial_number": [2, 0, 1], "epochs": [5.0, 3.0, 4.0]})
+    assert list(quality.cut_at_compute(trials, 7.0)["trial_number"]) == [0, 1]
+    assert list(quality.cut_at_compute(trials, 12.0)["trial_number"]) == [0, 1, 2]
+    ratio, spread = quality.ratio_and_spread([2.0, 4.0], [2.0, 2.0])
+    assert ratio == pytest.approx(1.5) and spread == pytest.approx(statistics.stdev([1.0, 2.0]))
+    assert quality.ratio_and_spread([1.0], [0.0])[0] != quality.ratio_and_spread([1.0], [0.0])[0]  # NaN
+    line = quality.ratios_line({"moasha_over_fifo": 1.0, "gp_over_random": 0.95, "tpe_over_random": 1.1, "x": 2.0})
+    assert line == "tpe_over_random=1.100 gp_over_random=0.950 moasha_over_fifo=1.000"
 
 
 # --- command lines ------------------------------------------------------------------------------------------------

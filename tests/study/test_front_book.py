@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from study.constraints import Constraints
 from study.front import FRONT_FILES, FrontBook, FrontChange, FrontWriter, ParetoFront, write_front_files
 from study.pareto import pareto_mask
 
@@ -85,20 +86,21 @@ def _row(run_id: str, step: int, accuracy: float, params: float) -> dict:
 
 
 def test_the_book_keeps_membership_as_a_recomputation_would() -> None:
-    """Random trial ends (complete, infeasible, pruned) in random order: after each, the membership the book reports
-    equals pareto_mask over the feasible completed finals, and take_changes says exactly what changed."""
+    """Random trial ends (complete, below the accuracy floor, pruned) in random order: after each, the membership
+    the book reports equals pareto_mask over the completed finals that keep the constraint, and take_changes says
+    exactly what changed."""
     rng = np.random.default_rng(3)
-    book, finals, tags = FrontBook(["val_accuracy", "learned_params"], ["max", "min"]), {}, {}
+    constraints = Constraints(min_val_accuracy=0.2)
+    book, finals, tags = FrontBook(["val_accuracy", "learned_params"], ["max", "min"], constraints), {}, {}
     for index in range(120):
         run_id = f"r{index}"
         accuracy, params = float(rng.integers(0, 8)) / 8, float(rng.integers(1, 9))
         book.add(run_id, 0, _row(run_id, 0, accuracy, params))
-        kind = rng.choice(["complete", "infeasible", "pruned"], p=[0.7, 0.15, 0.15])
-        if kind == "pruned":
+        if rng.random() < 0.15:
             book.end(run_id, "KILLED", None)
         else:
-            book.end(run_id, "FINISHED", _row(run_id, 0, accuracy, params), feasible=kind == "complete")
-            if kind == "complete":
+            book.end(run_id, "FINISHED", _row(run_id, 0, accuracy, params))
+            if accuracy >= 0.2:
                 finals[run_id] = (accuracy, params)
         tags.update(book.take_changes())
         expected = _expected_front(finals, ["max", "min"])
@@ -108,17 +110,23 @@ def test_the_book_keeps_membership_as_a_recomputation_would() -> None:
 
 
 def test_the_step_front_leaves_out_infeasible_points_and_the_files_show_both_fronts(tmp_path) -> None:
-    book = FrontBook(["val_accuracy", "learned_params"], ["max", "min"])
+    """b's step 1 is a better trade-off than a's, but below 90% of b's own unpruned accuracy: on no front."""
+    constraints = Constraints(min_val_accuracy_relative=0.9)
+    book = FrontBook(["val_accuracy", "learned_params"], ["max", "min"], constraints)
     book.add("a", 0, _row("a", 0, 0.9, 100))
-    book.add("a", 1, _row("a", 1, 0.8, 50))
-    book.add("b", 0, _row("b", 0, 0.95, 100), feasible=False)  # would dominate a's step 0
-    book.end("a", "FINISHED", _row("a", 1, 0.8, 50))
-    book.end("b", "FINISHED", _row("b", 0, 0.95, 100), feasible=False)
+    book.add("a", 1, _row("a", 1, 0.85, 50))
+    book.add("b", 0, _row("b", 0, 0.99, 100))
+    book.add("b", 1, _row("b", 1, 0.88, 40))  # 0.88 < 0.9 x 0.99
+    assert book.violation("b", book.points[("b", 1)]) == (
+        "val_accuracy 0.88 < min_val_accuracy_relative 0.9 x 0.99 = 0.891"
+    )
+    book.end("a", "FINISHED", _row("a", 1, 0.85, 50))
+    book.end("b", "FINISHED", _row("b", 1, 0.88, 40))
     assert book.take_changes() == {"a": True, "b": False}
     paths = write_front_files(book.snapshot(), tmp_path, "s")
     assert sorted(path.name for path in paths) == sorted(FRONT_FILES)
     steps = pd.read_csv(tmp_path / "pareto_front_steps.csv")
-    assert list(zip(steps["run_id"], steps["step"], strict=True)) == [("a", 1), ("a", 0)]
+    assert list(zip(steps["run_id"], steps["step"], strict=True)) == [("a", 1), ("b", 0)]
     assert set(steps["status"]) == {"FINISHED"}
     assert list(pd.read_csv(tmp_path / "pareto_front.csv")["run_id"]) == ["a"]
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import optuna
@@ -131,3 +132,38 @@ def test_the_command_offers_exactly_the_samplers_there_are() -> None:
     assert set(COMMAND_SAMPLERS) == set(SAMPLERS)
     for name in SAMPLERS:
         assert isinstance(make_sampler(name, 0), optuna.samplers.BaseSampler)
+
+
+def test_constraints_are_told_to_optuna_and_learned_by_the_sampler() -> None:
+    """The space's floor (min_val_accuracy) and a relative one: step 0 is remembered in the storage, the values are
+    told as the trial's constraints (set_constraint), the reason as a user attr, and Optuna's front leaves the
+    violators out."""
+    from study.constraints import CONSTRAINTS_ATTR, UNPRUNED_VAL_ACCURACY, VIOLATION
+    from study.sampler_plan import build_sampler, plan_sampler
+
+    space = load_space("splora_lrp").with_overrides(SMOKE_BUDGET)
+    space = dataclasses.replace(
+        space, constraints=dataclasses.replace(space.constraints, min_val_accuracy_relative=0.9)
+    )
+    sampler = build_sampler(plan_sampler("tpe", num_samples=8), 0)
+    searcher = StudySearcher(space, sampler=sampler, storage=optuna.storages.InMemoryStorage(), study_name="unit")
+    endings = {
+        "good": (0.95, 0.9, 500.0),  # (step-0 accuracy, final accuracy, learned params)
+        "below the floor": (0.5, 0.5, 100.0),
+        "below 90% of its own step 0": (0.99, 0.85, 200.0),
+    }
+    for trial_id, (unpruned, final, learned) in endings.items():
+        searcher.suggest(trial_id)
+        searcher.on_trial_result(trial_id, result(0, 2, accuracy=unpruned, learned=2000.0))
+        searcher.on_trial_complete(trial_id, result=result(2, 2, accuracy=final, learned=learned))
+    good, floor, relative = searcher.study.trials
+    assert all(trial.state == TrialState.COMPLETE for trial in (good, floor, relative))
+    assert good.user_attrs[UNPRUNED_VAL_ACCURACY] == 0.95 and VIOLATION not in good.user_attrs
+    assert good.user_attrs[CONSTRAINTS_ATTR] == pytest.approx(
+        {"min_val_accuracy": 0.6 - 0.9, "min_val_accuracy_relative": 0.9 * 0.95 - 0.9}
+    )
+    assert floor.user_attrs[VIOLATION] == "val_accuracy 0.5 < min_val_accuracy 0.6"  # 0.5 >= 0.9 x 0.5 holds
+    assert relative.user_attrs[VIOLATION].startswith("val_accuracy 0.85 < min_val_accuracy_relative 0.9 x 0.99")
+    told = {key: value for key, value in floor.system_attrs.items() if key.startswith("constraints:")}
+    assert told == {f"constraints:{key}": value for key, value in floor.user_attrs[CONSTRAINTS_ATTR].items()}
+    assert [trial.number for trial in searcher.study.best_trials] == [0]  # feasible trials only

@@ -193,7 +193,7 @@ MALFORMED = {
     "malformed TOML": ("[fixed\nepochs = 3\n", "not valid TOML: "),
     "unknown top-level key": (
         'descripton = "x"\n',
-        "unknown top-level key 'descripton'; allowed: description, fixed, params, objectives",
+        "unknown top-level key 'descripton'; allowed: description, fixed, params, objectives, constraints",
     ),
     "description type": ("description = 3\n", "description=3 is not allowed; allowed: a string"),
     "unknown fixed setting": ("[fixed]\nepoch = 3\n", f"fixed.epoch is not a setting; allowed: {ALL_SETTINGS}"),
@@ -294,6 +294,31 @@ MALFORMED = {
     "repeated metric": (
         VAL_MAX + VAL_MAX,
         "objectives[1].metric='val_accuracy' repeats an earlier objective; allowed: each metric once",
+    ),
+    "constraints not a table": (
+        "constraints = 0.6\n",
+        "constraints=0.6 is not allowed; allowed: a table [constraints] of min_val_accuracy,",
+    ),
+    "unknown constraint": (
+        "[constraints]\nmin_accuracy = 0.6\n",
+        "constraints.min_accuracy is not a constraint; allowed: min_val_accuracy, min_val_accuracy_relative, "
+        "max_flops, max_params",
+    ),
+    "floor above one": (
+        "[constraints]\nmin_val_accuracy = 60\n",
+        "constraints.min_val_accuracy=60 is not allowed; allowed: a number in [0, 1]",
+    ),
+    "relative floor of zero": (
+        "[constraints]\nmin_val_accuracy_relative = 0\n",
+        "constraints.min_val_accuracy_relative=0 is not allowed; allowed: a number in (0, 1]",
+    ),
+    "ceiling as a string": (
+        '[constraints]\nmax_flops = "1e8"\n',
+        "constraints.max_flops='1e8' is not allowed; allowed: a number > 0",
+    ),
+    "negative ceiling": (
+        "[constraints]\nmax_params = -1\n",
+        "constraints.max_params=-1 is not allowed; allowed: a number > 0",
     ),
 }
 

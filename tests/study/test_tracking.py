@@ -233,3 +233,29 @@ def test_a_store_restored_from_an_older_snapshot_gets_the_steps_tune_saved_since
             assert [m.step for m in client.get_metric_history(run.info.run_id, key)] == steps, (name, key)
     assert children["trial-001"].data.metrics["val_accuracy"] == 0.65
     assert parents[0].info.status == "FINISHED"
+
+
+def test_a_trial_below_the_floor_is_tagged_and_on_no_front(tmp_path) -> None:
+    from study.constraints import VIOLATION, Constraints
+
+    tracker = make_tracker(tmp_path, scheduler="fifo")
+    tracker.constraints = Constraints(min_val_accuracy=0.6)
+    tracker._reset()  # the book takes the constraints (as after unpickling)
+    tracker.setup(total_num_samples=2)
+    keeps, breaks = FakeTrial("k", 0), FakeTrial("b", 1)
+    for trial in (keeps, breaks):
+        tracker.on_trial_start(0, [keeps, breaks], trial)
+    report(tracker, keeps, step_result(0, 1, 0.9, 900.0), step_result(1, 1, 0.7, 500.0))
+    report(tracker, breaks, step_result(0, 1, 0.8, 900.0), step_result(1, 1, 0.55, 100.0))  # fewer params, too weak
+    for trial in (keeps, breaks):
+        trial.status = "TERMINATED"
+        tracker.on_trial_complete(0, [], trial)
+    tracker.on_experiment_end([keeps, breaks])
+    _, _, children = runs(tmp_path)
+    assert children["trial-001"].info.status == "FINISHED"
+    assert children["trial-001"].data.tags[VIOLATION] == "val_accuracy 0.55 < min_val_accuracy 0.6"
+    assert children["trial-001"].data.tags["pareto"] == "false" and children["trial-000"].data.tags["pareto"] == "true"
+    assert VIOLATION not in children["trial-000"].data.tags
+    assert list(pd.read_csv(tmp_path / "study" / "pareto_front.csv")["run_name"]) == ["trial-000"]
+    steps = pd.read_csv(tmp_path / "study" / "pareto_front_steps.csv")
+    assert not ((steps["run_name"] == "trial-001") & (steps["step"] == 1)).any()  # its (0.55, 100) would be on it

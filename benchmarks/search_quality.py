@@ -1,0 +1,213 @@
+"""Is the search any good? The hypervolume a study reaches at equal compute: random vs the sized TPE vs GP (all
+with fifo), and fifo vs moasha (both with the sized TPE), over ``--seeds`` seeds each, on the embedded digits task.
+
+Each study is ``python -m study.tune`` run in-process (one local Ray for all of them) on ``--space``, its results read
+back from MLflow (``study.records.load_points``). Compute is training epochs: a trial's last reported ``epoch``
+(recovery epochs included). The samplers' studies have ``--num-samples`` trials each under fifo, so equal trials are
+equal compute, up to the schedules' own lengths: each is cut at the smallest total of the three. moasha stops trials
+early, so its study gets ``--moasha-extra`` times the trials and is cut, in trial order, where its compute reaches
+the fifo study's.
+
+Hypervolume: of the completed trials' final (val_accuracy, learned_params) that keep the space's constraints,
+accuracy maximised from 0 and log10(learned params) minimised from a reference shared by every study (the largest
+value any study saw, plus 0.1). Ratios are of per-seed means; the spread is the per-seed ratios' standard deviation.
+
+Last line: ``tpe_over_random=.. gp_over_random=.. moasha_over_fifo=..`` (goal, issue 12: each >= 1.0 in the mean).
+``--quick``: the smoke budget, 6 trials per study, 2 seeds; a check that it runs, not a measurement.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _timing import last_line  # noqa: E402
+
+SAMPLER_ARMS = ("random", "tpe", "gp")
+METRICS = ("val_accuracy", "learned_params")
+
+
+# --- pure helpers -------------------------------------------------------------------------------------------------
+
+
+def hypervolume_2d(losses: np.ndarray, reference: Sequence[float]) -> float:
+    """The area dominated by (n, 2) minimised ``losses`` and bounded by ``reference``; rows not better than the
+    reference in both objectives, or holding NaN, add nothing."""
+    losses = np.asarray(losses, dtype=float).reshape(-1, 2)
+    keep = ~np.isnan(losses).any(axis=1) & (losses[:, 0] < reference[0]) & (losses[:, 1] < reference[1])
+    points = losses[keep]
+    if not len(points):
+        return 0.0
+    points = points[np.lexsort((points[:, 1], points[:, 0]))]  # by loss 0, then loss 1
+    area, best_second = 0.0, reference[1]
+    for index, (first, second) in enumerate(points):
+        if second >= best_second:
+            continue
+        next_first = reference[0]
+        # The slab from this point's loss 0 to the next point that lowers loss 1 further.
+        for later_first, later_second in points[index + 1 :]:
+            if later_second < second:
+                next_first = later_first
+                break
+        area += (next_first - first) * (reference[1] - second)
+        best_second = second
+    return float(area)
+
+
+def study_losses(finals: pd.DataFrame) -> np.ndarray:
+    """(n, 2) minimised losses of final points: -val_accuracy and log10(learned_params)."""
+    accuracy = finals["val_accuracy"].to_numpy(dtype=float)
+    params = finals["learned_params"].to_numpy(dtype=float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.column_stack([-accuracy, np.log10(params)])
+
+
+def cut_at_compute(trials: pd.DataFrame, budget: float) -> pd.DataFrame:
+    """The first trials (in trial order) whose epochs add up to at most ``budget``."""
+    ordered = trials.sort_values("trial_number", kind="mergesort")
+    return ordered[ordered["epochs"].cumsum() <= budget + 1e-9]
+
+
+def ratio_and_spread(numerator: Sequence[float], denominator: Sequence[float]) -> tuple[float, float]:
+    """(mean of numerator / mean of denominator, standard deviation of the per-seed ratios; 0 for one seed)."""
+    top, bottom = statistics.fmean(numerator), statistics.fmean(denominator)
+    ratio = top / bottom if bottom > 0 else math.nan
+    per_seed = [a / b for a, b in zip(numerator, denominator, strict=True) if b > 0]
+    return ratio, statistics.stdev(per_seed) if len(per_seed) > 1 else 0.0
+
+
+def ratios_line(ratios: dict[str, float]) -> str:
+    """The last line: the three ratios, in the issue's order."""
+    return last_line({name: ratios[name] for name in ("tpe_over_random", "gp_over_random", "moasha_over_fifo")}, 3)
+
+
+# --- studies ------------------------------------------------------------------------------------------------------
+
+
+def run_study(name: str, *, space: str, sampler: str, scheduler: str, seed: int, trials: int, root: Path,
+              quick: bool, backbone_cache: str | None) -> pd.DataFrame:  # fmt: skip
+    """Run one study; one row per trial: trial_number, status, epochs, the objectives at its last step, and
+    whether it keeps the constraints (``feasible``)."""
+    from mlflow.tracking import MlflowClient
+
+    from study.constraints import VIOLATION
+    from study.records import child_runs, load_points
+    from study.tune import main
+
+    tracking = f"sqlite:///{root / 'mlflow.db'}"
+    argv = ["--space", space, "--name", name, "--sampler", sampler, "--scheduler", scheduler, "--seed", str(seed),
+            "--num-samples", str(trials), "--storage-path", str(root / "runs"), "--tracking-uri", tracking]  # fmt: skip
+    if quick:
+        argv.append("--smoke")
+    if backbone_cache:
+        argv += ["--cache-dir", backbone_cache]
+    status = main(argv)
+    if status != 0:
+        raise RuntimeError(f"study {name} ended with status {status}")
+    client = MlflowClient(tracking_uri=tracking)
+    experiment = client.get_experiment_by_name(name)
+    points = load_points(client, experiment.experiment_id, statuses=None)
+    violated = {run.info.run_id for run in child_runs(client, experiment.experiment_id) if VIOLATION in run.data.tags}
+    rows = []
+    for run_id, steps in points.groupby("run_id"):
+        last = steps.loc[steps["step"].idxmax()]
+        rows.append(
+            {
+                "trial_number": int(str(last["run_name"]).split("-")[-1]),
+                "status": last["status"],
+                "epochs": float(steps["epoch"].max()),
+                **{metric: float(last[metric]) for metric in METRICS},
+                "feasible": run_id not in violated,
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def finals_of(trials: pd.DataFrame) -> pd.DataFrame:
+    return trials[(trials["status"] == "FINISHED") & trials["feasible"]]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--space", default="splora_lrp", help="the search space (default: splora_lrp)")
+    parser.add_argument("--num-samples", type=int, default=16, help="trials per fifo study (default: 16)")
+    parser.add_argument("--seeds", type=int, default=3, help="seeds per arm (default: 3)")
+    parser.add_argument(
+        "--moasha-extra", type=float, default=1.5, help="moasha's trials as a multiple of fifo's (default: 1.5)"
+    )
+    parser.add_argument("--cache-dir", default=None, help="backbone cache (default: study.tune's)")
+    parser.add_argument("--quick", action="store_true", help="smoke budget, 6 trials, 2 seeds (default: off)")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.num_samples, args.seeds = 6, 2
+
+    import logging
+
+    import optuna
+    import ray
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    logging.getLogger("ray.tune").setLevel(logging.WARNING)
+    ray.init(include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
+    studies: dict[tuple[str, int], pd.DataFrame] = {}
+    started = time.perf_counter()
+    try:
+        with tempfile.TemporaryDirectory(prefix="spa-quality-") as temporary:
+            root = Path(temporary)
+            for seed in range(args.seeds):
+                arms = [(sampler, "fifo", args.num_samples) for sampler in SAMPLER_ARMS]
+                arms.append(("tpe", "moasha", math.ceil(args.num_samples * args.moasha_extra)))
+                for sampler, scheduler, trials in arms:
+                    arm = sampler if scheduler == "fifo" else scheduler
+                    studies[(arm, seed)] = run_study(
+                        f"quality-{arm}-{seed}", space=args.space, sampler=sampler, scheduler=scheduler, seed=seed,
+                        trials=trials, root=root, quick=args.quick, backbone_cache=args.cache_dir,
+                    )  # fmt: skip
+                    print(f"seed {seed} {arm}: {len(studies[(arm, seed)])} trials "
+                          f"({time.perf_counter() - started:.0f}s)", file=sys.stderr, flush=True)  # fmt: skip
+    finally:
+        ray.shutdown()
+
+    # Equal compute: the samplers' studies cut at the smallest total among them; moasha at fifo's (tpe's) total.
+    cut: dict[tuple[str, int], pd.DataFrame] = {}
+    for seed in range(args.seeds):
+        budget = min(studies[(arm, seed)]["epochs"].sum() for arm in SAMPLER_ARMS)
+        for arm in SAMPLER_ARMS:
+            cut[(arm, seed)] = cut_at_compute(studies[(arm, seed)], budget)
+        cut[("fifo", seed)] = cut[("tpe", seed)]
+        cut[("moasha", seed)] = cut_at_compute(studies[("moasha", seed)], cut[("tpe", seed)]["epochs"].sum())
+    finals = {key: finals_of(trials) for key, trials in cut.items()}
+    every = pd.concat([frame for frame in finals.values() if len(frame)] or [pd.DataFrame(columns=list(METRICS))])
+    reference = (0.0, float(np.log10(every["learned_params"].max())) + 0.1 if len(every) else 1.0)
+    volumes = {key: hypervolume_2d(study_losses(frame), reference) for key, frame in finals.items()}
+    for arm in (*SAMPLER_ARMS, "moasha"):
+        shown = ", ".join(f"{volumes[(arm, seed)]:.3f}" for seed in range(args.seeds))
+        epochs = ", ".join(f"{cut[(arm, seed)]['epochs'].sum():.0f}" for seed in range(args.seeds))
+        print(f"{arm:>7}: hypervolume by seed {shown} (epochs {epochs})")
+
+    ratios, spreads = {}, {}
+    for name, top, bottom in (
+        ("tpe_over_random", "tpe", "random"),
+        ("gp_over_random", "gp", "random"),
+        ("moasha_over_fifo", "moasha", "fifo"),
+    ):
+        by_seed = [[volumes[(arm, seed)] for seed in range(args.seeds)] for arm in (top, bottom)]
+        ratios[name], spreads[name] = ratio_and_spread(*by_seed)
+        beyond = "beyond" if abs(ratios[name] - 1) > spreads[name] else "within"
+        print(f"{name}: {ratios[name]:.3f} (per-seed ratios' spread {spreads[name]:.3f}: {beyond} the spread)")
+    print(ratios_line(ratios))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
