@@ -45,13 +45,18 @@ def test_study_runs_as_a_submitted_job(tmp_path: Path, backbone_cache: str) -> N
         ).returncode:
             assert time.time() < deadline, "the Ray head's job server did not come up"
             time.sleep(1)
-        submitted = subprocess.run(
-            [str(bin_dir / "ray"), "job", "submit", "--address", address, "--working-dir", str(ROOT), "--",
-             "python", "-m", "study.tune", "--space", "splora_weight", "--smoke", "--address", "auto",
-             "--name", "job", "--storage-path", str(tmp_path / "storage"),
-             "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", "--cache-dir", backbone_cache],
-            env=env, capture_output=True, text=True, timeout=400,
-        )  # fmt: skip
+        while True:
+            submitted = subprocess.run(
+                [str(bin_dir / "ray"), "job", "submit", "--address", address, "--working-dir", str(ROOT), "--",
+                 "python", "-m", "study.tune", "--space", "splora_weight", "--smoke", "--address", "auto",
+                 "--name", "job", "--storage-path", str(tmp_path / "storage"),
+                 "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", "--cache-dir", backbone_cache],
+                env=env, capture_output=True, text=True, timeout=400,
+            )  # fmt: skip
+            # The job server answers before the node's job agent registers; Ray says "try again later" then.
+            if "No available agent" not in submitted.stderr or time.time() > deadline:
+                break
+            time.sleep(2)
         assert submitted.returncode == 0, submitted.stdout[-3000:] + submitted.stderr[-3000:]
         assert "succeeded" in submitted.stdout + submitted.stderr
     finally:
