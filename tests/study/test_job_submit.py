@@ -29,12 +29,14 @@ def test_study_runs_as_a_submitted_job(tmp_path: Path, backbone_cache: str) -> N
         "RAY_USAGE_STATS_ENABLED": "0",
     }
     env.pop("RAY_ADDRESS", None)
-    gcs_port, dashboard_port = _free_port(), _free_port()
+    gcs_port, dashboard_port, agent_port = _free_port(), _free_port(), _free_port()
     # --block: the head lives as long as this process, so stopping it stops only this cluster (`ray stop` would
     # stop every Ray on the machine, the test session's too).
     head = subprocess.Popen(
         [str(bin_dir / "ray"), "start", "--head", "--block", "--num-cpus", "2", "--port", str(gcs_port),
-         "--include-dashboard", "true", "--dashboard-port", str(dashboard_port), "--disable-usage-stats"],
+         "--include-dashboard", "true", "--dashboard-port", str(dashboard_port),
+         # The job agent's default port (52365) is taken by any other Ray on the machine, the session's own included.
+         "--dashboard-agent-listen-port", str(agent_port), "--disable-usage-stats"],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     try:
