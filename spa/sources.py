@@ -84,9 +84,8 @@ def glyph_bitmaps() -> tuple[torch.Tensor, torch.Tensor]:
             font.draw_glyphs_to_bitmap(antialiased=True)
             glyph = torch.from_numpy(np.asarray(font.get_image(), dtype=np.float32) / 255.0)
             rows, cols = glyph.amax(1) > 0.05, glyph.amax(0) > 0.05
-            glyph = glyph[
-                rows.nonzero().min() : rows.nonzero().max() + 1, cols.nonzero().min() : cols.nonzero().max() + 1
-            ]
+            row_ink, col_ink = rows.nonzero(), cols.nonzero()
+            glyph = glyph[row_ink.min() : row_ink.max() + 1, col_ink.min() : col_ink.max() + 1]
             height, width = glyph.shape
             scale = BITMAP / max(height, width * BITMAP / (0.9 * BITMAP))  # full height, at most 90 % wide
             size = (max(1, round(height * scale)), max(1, round(width * scale)))

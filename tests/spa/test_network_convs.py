@@ -65,8 +65,14 @@ def test_producing_conv_of_an_adapter_is_its_frozen_base() -> None:
 
 
 def test_both_adapters_share_forward_adapted_weight_and_merge() -> None:
-    for name in ("forward", "adapted_weight", "merged"):
+    for name in ("adapted_weight", "merged"):
         assert getattr(SPLoRAConv2d, name) is getattr(SPLoRALinear, name), name
+    # The conv adapter's forward only adds the fused training path (spa.fused) in front of the shared one.
+    assert SPLoRAConv2d.__mro__[1].forward is SPLoRALinear.forward
+    torch.manual_seed(0)
+    adapter = SPLoRAConv2d(nn.Conv2d(3, 4, 3, padding=1), 2, 0.5)
+    x = torch.randn(2, 3, 5, 5)
+    torch.testing.assert_close(adapter(x), SPLoRALinear.forward(adapter, x))
 
 
 def test_linear_adapter_delta_weight_and_merge_values() -> None:

@@ -19,6 +19,7 @@ def ray_cluster():
     import ray
 
     if not ray.is_initialized():
+        # address="local": a new Ray of its own, never a cluster another process (e.g. `ray start`) left behind.
         ray.init(address="local", num_cpus=2, num_gpus=0, include_dashboard=False, log_to_driver=False)
     yield ray
     ray.shutdown()
