@@ -17,9 +17,11 @@ A snapshot is consistent and atomic:
 The storage is reached through ``pyarrow.fs``, as Ray Tune reaches it (``pyarrow.fs.FileSystem.from_uri``): a
 local path, ``file://``, ``s3://``, ``gs://``, ...
 
-Taking a snapshot is kept off the driver's critical path: ``SnapshotWriter.mark_dirty`` only sets a flag; one
-background thread takes a snapshot whenever the flag is set (so marks that arrive while a snapshot is being taken
-are coalesced into the next one, and at most one snapshot is in flight), and ``close`` takes the final one.
+``SnapshotWriter`` takes the snapshots in one background thread: ``mark_dirty`` returns at once, marks that arrive
+while a snapshot is being taken are coalesced into the next one (at most one is in flight), ``flush`` waits, with a
+timeout, for the marks so far, and ``close`` takes the final one. When to snapshot, and whether to wait, is the
+caller's (``study.snapshots``: inside each of Tune's experiment-state saves, waiting, so that Tune's state at the
+storage path is never ahead of the snapshot).
 """
 
 from __future__ import annotations
@@ -319,11 +321,11 @@ class SnapshotWriter:
         self._thread.start()
         return self
 
-    def mark_dirty(self, reason: str) -> None:
-        """Ask for a snapshot; returns at once."""
+    def mark_dirty(self, *reasons: str) -> None:
+        """Ask for a snapshot, saying why; returns at once."""
         with self._condition:
             self._marks += 1
-            self._reasons.append(reason)
+            self._reasons.extend(reasons)
             self._condition.notify_all()
 
     def flush(self, timeout: float | None = None) -> bool:

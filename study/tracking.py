@@ -19,8 +19,8 @@ gets ``STUDY_METRICS`` at MLflow step = trials ended so far, and ``COMPUTE_METRI
 
 Resuming: Tune restores this callback from the pickled tuner, so it holds plain settings until ``setup``; there it
 finds the parent and child runs of the study in MLflow again (``study.records``), reuses the run of every trial
-that continues, skips steps already logged, and closes runs left RUNNING by a stopped driver whose trial will not
-continue.
+that continues (and of an Optuna trial asked again after Tune lost it, found by its number), skips steps already
+logged, and closes runs left RUNNING by a stopped driver whose trial will not continue.
 """
 
 from __future__ import annotations
@@ -112,6 +112,7 @@ class StudyTracker(Callback):
         self.experiment_id: str | None = None
         self.parent_run_id: str | None = None
         self._runs: dict[str, str] = {}  # trial_id -> run_id
+        self._runs_by_number: dict[int, str] = {}  # Optuna trial number -> run_id, of the runs found on a resume
         self._logged_steps: dict[str, set[int]] = {}  # run_id -> steps logged
         self._nodes: dict[str, list[str]] = {}  # run_id -> ids of the Ray nodes it ran on
         self._book = FrontBook(self.metrics, self.modes, self.constraints)
@@ -332,6 +333,8 @@ class StudyTracker(Callback):
             trial_id = run.data.tags.get("trial_id")
             if trial_id:
                 self._runs[trial_id] = run.info.run_id
+            if run.data.tags.get(TRIAL_NUMBER, "").isdigit():
+                self._runs_by_number[int(run.data.tags[TRIAL_NUMBER])] = run.info.run_id
             if "pareto" in run.data.tags:
                 membership[run.info.run_id] = run.data.tags["pareto"] == "true"
             if "outcome" in run.data.tags:
@@ -360,7 +363,7 @@ class StudyTracker(Callback):
                 self.client.set_terminated(run_id, "KILLED")
 
     def _run_of(self, trial: Trial) -> str:
-        run_id = self._runs.get(trial.trial_id)
+        run_id = self._runs.get(trial.trial_id) or self._adopt(trial)
         if run_id is not None:
             return run_id
         config = dict(trial.config)
@@ -379,6 +382,18 @@ class StudyTracker(Callback):
         run_id = run.info.run_id
         self._log_params(run_id, self._settings(trial))
         self._runs[trial.trial_id] = run_id
+        return run_id
+
+    def _adopt(self, trial: Trial) -> str | None:
+        """The run of an Optuna trial that Tune lost and that runs again under a new Tune trial (``study.searcher``):
+        the same Optuna trial keeps its run, now tagged with the new trial id; None for any other trial."""
+        run_id = self._runs_by_number.get(trial.config.get(TRIAL_NUMBER))
+        if run_id is None:
+            return None
+        for lost in [trial_id for trial_id, known in self._runs.items() if known == run_id]:
+            del self._runs[lost]
+        self._runs[trial.trial_id] = run_id
+        self._set_tags(run_id, {"trial_id": trial.trial_id})
         return run_id
 
     def _end(self, trial: Trial, *, error: bool) -> None:
@@ -415,7 +430,8 @@ class StudyTracker(Callback):
         if self._writer is not None:
             self._writer.request(self._book.snapshot())
         self._update_models()
-        self._log_study_metrics(time.perf_counter() - started)
+        if first_end:  # a trial ending again after a resume: the study metrics of its end were logged then
+            self._log_study_metrics(time.perf_counter() - started)
 
     def _tag_membership(self) -> None:
         """The ``pareto`` tag of every run whose membership of the front changed (the book keeps the front)."""

@@ -1,6 +1,10 @@
 """The head node is lost mid-study: the driver is killed and its disk (study directory, Optuna db, MLflow SQLite
 store) is gone; ``--resume`` elsewhere restores the driver's state from the snapshot beside the trials
 (``--storage-path file://...``, a URI as ``s3://`` is on a cluster) and the study ends as an uninterrupted one would.
+
+The worst case, made certain: Tune's experiment state at the storage path lags the snapshot (``lagging_tune``: its
+uploads stop once it holds the second trial), so the resume finds an Optuna trial, its MLflow run and a step that Tune
+never stored, and a finished trial that Tune's state has not ended (or has).
 """
 
 from __future__ import annotations
@@ -25,12 +29,16 @@ PARENT = "mlflow.parentRunId"
 
 def driver(args: list[str], cwd: Path, log: Path) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "study.tune", *args],
+        [sys.executable, "-m", "tests.study.lagging_tune", *args],
         cwd=cwd,
         stdout=log.open("w"),
         stderr=subprocess.STDOUT,
         env={**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(Path(__file__).parents[2])},
     )
+
+
+def steps_of(result_json: Path) -> list[int]:
+    return [json.loads(line)["step"] for line in result_json.read_text().splitlines() if line.strip()]
 
 
 def latest_reasons(bucket: Path) -> list[str]:
@@ -58,7 +66,8 @@ def test_head_loss_then_resume_elsewhere_restores_and_completes(tmp_path, backbo
     study_dir = cache / "studies" / NAME
     mlflow_db = head / "mlflow.db"
 
-    # 1. The driver runs until a snapshot taken after the first trial ended is beside the trials; then the head dies.
+    # 1. The driver runs until a snapshot holding the second trial's first step is beside the trials (Tune's stored
+    # state has the first trial only); then the head dies.
     first = driver(argv, head, tmp_path / "first.log")
     try:
         deadline = time.monotonic() + 300
@@ -86,6 +95,8 @@ def test_head_loss_then_resume_elsewhere_restores_and_completes(tmp_path, backbo
     )  # fmt: skip
     assert resumed.returncode == 0, (resumed.stdout[-3000:], resumed.stderr[-3000:])
     assert f"restored from file://{bucket}/{NAME}/driver_state" in resumed.stdout
+    lost = "after Tune's last saved state (the driver stopped): [1] asked again"
+    assert lost in resumed.stderr, resumed.stderr[-3000:]
     assert not (elsewhere / "mlflow.db").exists(), "the study's MLflow store is the one restored in place"
 
     # 3. As an uninterrupted study ends: every trial complete, once, in Optuna and MLflow; every step logged once.
@@ -109,7 +120,12 @@ def test_head_loss_then_resume_elsewhere_restores_and_completes(tmp_path, backbo
             steps = [m.step for m in client.get_metric_history(run.info.run_id, key)]
             assert sorted(steps) == [0, 1], (run.info.run_name, key, steps)  # --smoke: steps 0 and 1, once each
         assert [run.data.metrics["val_accuracy"], run.data.metrics["learned_params"]] == trial.values
-    # Tune's own record: the first trial was not run again.
+    # Tune's own record: the first trial was not trained again. Tune's stored state had not ended it, so it continued
+    # from its final checkpoint and said its final step once more (the step the driver had already recorded).
     (result,) = (bucket / NAME).glob("trial-000_*/result.json")
-    assert [json.loads(line)["step"] for line in result.read_text().splitlines() if line.strip()] == [0, 1]
+    assert steps_of(result) in ([0, 1], [0, 1, 1]), steps_of(result)
+    # The second trial, lost by Tune, ran again from the start under a new Tune trial; the lost one's directory stays.
+    runs_of_second = (bucket / NAME).glob("trial-001_*/result.json")
+    second = {path.parent.name.split("_", 1)[1]: steps_of(path) for path in runs_of_second}
+    assert sorted(second.values()) == [[0], [0, 1]] and second[trials[1].user_attrs["tune_trial_id"]] == [0, 1]
     print(f"head-loss study: killed at {killed_at:.0f}s, done at {time.perf_counter() - began:.0f}s")

@@ -192,6 +192,47 @@ def test_a_returning_driver_reuses_runs_closes_stale_ones_and_logs_no_step_twice
     assert parents[0].info.status == "FINISHED"
 
 
+def test_a_trial_tune_lost_keeps_its_run_when_asked_again_and_a_trial_ending_twice_counts_once(tmp_path) -> None:
+    """Head loss with the MLflow store (from a snapshot) ahead of Tune's saved state: Tune lost trial-001 (Optuna asks
+    it again under a new Tune trial, study.searcher) and did not save trial-000's end (it ends again)."""
+    (tmp_path / "study").mkdir()
+    first = make_tracker(tmp_path, scheduler="fifo")
+    first.setup(total_num_samples=2)
+    done, lost = FakeTrial("t0", 0), FakeTrial("t1", 1)
+    for trial in (done, lost):
+        first.on_trial_start(0, [trial], trial)
+    report(first, done, step_result(0, 1, 0.9, 900.0), step_result(1, 1, 0.8, 300.0))
+    first.on_trial_complete(0, [], done)
+    report(first, lost, step_result(0, 1, 0.7, 900.0))
+
+    second = pickle.loads(pickle.dumps(first))
+    second.setup(total_num_samples=2)
+    done.status = "PENDING"  # Tune's saved state: trial-000 at its last step, not ended; no trial-001
+    second.on_step_begin(0, [done])
+    second.on_trial_start(0, [done], done)
+    report(second, done, step_result(1, 1, 0.8, 300.0))  # says its final step again, from its checkpoint
+    second.on_trial_complete(0, [], done)
+    again = FakeTrial("t9", 1)  # Optuna trial 1 again, from the start
+    second.on_trial_start(0, [done, again], again)
+    report(second, again, step_result(0, 1, 0.7, 900.0), step_result(1, 1, 0.75, 250.0))
+    second.on_trial_complete(0, [], again)
+    done.status = again.status = "TERMINATED"
+    second.on_experiment_end([done, again])
+
+    client, parents, children = runs(tmp_path)
+    experiment_id = client.get_experiment_by_name("unit").experiment_id
+    assert len(client.search_runs([experiment_id])) == 3  # the parent and one run per trial
+    assert sorted(children) == ["trial-000", "trial-001"]
+    run = children["trial-001"]
+    assert run.info.status == "FINISHED" and run.data.tags["trial_id"] == "t9" and "stale" not in run.data.tags
+    for name in ("trial-000", "trial-001"):
+        assert [m.step for m in client.get_metric_history(children[name].info.run_id, "val_accuracy")] == [0, 1]
+    assert run.data.metrics["val_accuracy"] == 0.75
+    assert parents[0].data.tags["trials_finished"] == "2" and parents[0].info.status == "FINISHED"
+    # One point of the study metrics per trial end, as without the head loss.
+    assert [m.step for m in client.get_metric_history(parents[0].info.run_id, "trials_complete")] == [1, 2]
+
+
 def test_a_store_restored_from_an_older_snapshot_gets_the_steps_tune_saved_since(tmp_path) -> None:
     """Head loss: the MLflow store comes back from a snapshot taken before the last steps Tune saved; a trial that
     continues after such a step (or has ended) never reports it again, so the tracker logs it from Tune's record."""
