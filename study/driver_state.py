@@ -30,6 +30,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import sqlite3
 import tempfile
 import threading
@@ -53,6 +54,7 @@ __all__ = [
     "write_snapshot",
     "read_latest",
     "restore_snapshot",
+    "snapshot_text",
     "sqlite_backup",
     "sqlite_problem",
     "sqlite_path",
@@ -225,41 +227,53 @@ def restore_snapshot(
 ) -> list[Path]:
     """Copy the files of ``snapshot`` named in ``targets`` to their local paths; returns the paths written.
 
-    Each file is checked against its size and SHA-256 (and a database with SQLite's ``quick_check``) before it
-    replaces anything, and is moved into place atomically. A target that exists is left alone unless
-    ``overwrite``; a name the snapshot lacks is skipped.
+    All or nothing: every file is fetched into a scratch directory and checked against its size and SHA-256 (a
+    database also with SQLite's ``quick_check``) before any is moved into place, each atomically. A target that
+    exists is left alone unless ``overwrite``; a name the snapshot lacks is skipped.
     """
+    chosen = {
+        name: Path(target)
+        for name, target in targets.items()
+        if name in snapshot.files and (overwrite or not Path(target).exists())
+    }
+    with tempfile.TemporaryDirectory(prefix="spa-restore-") as scratch:
+        for name in chosen:
+            _fetch(snapshot, name, Path(scratch) / name)
+        for name, target in chosen.items():
+            write_atomically(target, lambda temporary, name=name: shutil.copyfile(Path(scratch) / name, temporary))
+    return list(chosen.values())
+
+
+def snapshot_text(snapshot: Snapshot, name: str) -> str | None:
+    """The file ``name`` of ``snapshot`` as text, checked as ``restore_snapshot`` checks it; None if it has none."""
+    if name not in snapshot.files:
+        return None
+    with tempfile.TemporaryDirectory(prefix="spa-restore-") as scratch:
+        _fetch(snapshot, name, Path(scratch) / name)
+        return (Path(scratch) / name).read_text()
+
+
+def _fetch(snapshot: Snapshot, name: str, destination: Path) -> None:
+    """Download the file ``name`` of ``snapshot`` to ``destination`` and check it; ``SnapshotError`` if it is bad."""
     fs, root = _filesystem(snapshot.location)
-    directory = f"{root}/{_generation_dir(snapshot.generation)}"
-    written: list[Path] = []
-    for name, target in targets.items():
-        entry = snapshot.files.get(name)
-        target = Path(target)
-        if entry is None or (target.exists() and not overwrite):
-            continue
-        where = _join(snapshot.directory, name)
-
-        def fetch(temporary: Path, name: str = name, entry: Mapping[str, Any] = entry, where: str = where) -> None:
-            digest = hashlib.sha256()
-            try:
-                with fs.open_input_stream(f"{directory}/{name}") as stream, open(temporary, "wb") as out:
-                    while chunk := stream.read(_CHUNK):
-                        digest.update(chunk)
-                        out.write(chunk)
-            except FileNotFoundError:
-                raise SnapshotError(f"{where} is missing; the snapshot is damaged") from None
-            size = temporary.stat().st_size
-            if size != entry["size"] or digest.hexdigest() != entry["sha256"]:
-                raise SnapshotError(
-                    f"{where} does not match {LATEST} ({size} bytes, expected {entry['size']}); the snapshot is damaged"
-                )
-            problem = sqlite_problem(temporary) if entry.get("sqlite") else None
-            if problem:
-                raise SnapshotError(f"{where} is not a usable database: {problem}")
-
-        write_atomically(target, fetch)
-        written.append(target)
-    return written
+    entry, where = snapshot.files[name], _join(snapshot.directory, name)
+    digest = hashlib.sha256()
+    try:
+        with fs.open_input_stream(f"{root}/{_generation_dir(snapshot.generation)}/{name}") as stream:
+            with open(destination, "wb") as out:
+                while chunk := stream.read(_CHUNK):
+                    digest.update(chunk)
+                    out.write(chunk)
+    except FileNotFoundError:
+        raise SnapshotError(f"{where} is missing; the snapshot is damaged") from None
+    size = destination.stat().st_size
+    if size != entry["size"] or digest.hexdigest() != entry["sha256"]:
+        raise SnapshotError(
+            f"{where} does not match {LATEST} ({size} bytes, expected {entry['size']}); the snapshot is damaged"
+        )
+    problem = sqlite_problem(destination) if entry.get("sqlite") else None
+    if problem:
+        raise SnapshotError(f"{where} is not a usable database: {problem}")
 
 
 def sqlite_problem(path: str | os.PathLike[str]) -> str | None:

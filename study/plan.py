@@ -105,27 +105,29 @@ def plan(args: argparse.Namespace) -> tuple[StudySettings, SearchSpace]:
 def _restore_driver_state(directory: Path, location: str) -> None:
     """Bring back from the latest snapshot at ``location`` every piece of the driver's state missing here: the
     manifest, the study's space, MOASHA's rung journal, the Optuna db and the MLflow SQLite store (where the manifest
-    says they live)."""
-    from study.driver_state import SnapshotError, read_latest, restore_snapshot
+    says they live). All or nothing: a damaged snapshot is refused before anything is written."""
+    from study.driver_state import SnapshotError, read_latest, restore_snapshot, snapshot_text
     from study.schedulers import MOASHA_JOURNAL
 
     try:
         snapshot = read_latest(location)
         if snapshot is None:
             return
-        written = restore_snapshot(snapshot, {MANIFEST: directory / MANIFEST})
+        # The manifest here, else the snapshot's: it says where the databases live.
+        local = directory / MANIFEST
+        targets: dict[str, Path] = {MANIFEST: local}
         try:
-            manifest = json.loads((directory / MANIFEST).read_text())
-            targets = {name: directory / name for name in (f"{manifest['space']}.toml", MOASHA_JOURNAL)}
+            manifest = json.loads((local.read_text() if local.is_file() else snapshot_text(snapshot, MANIFEST)) or "")
+            targets.update({name: directory / name for name in (f"{manifest['space']}.toml", MOASHA_JOURNAL)})
             optuna_db = _sqlite_file(manifest.get("optuna_storage") or f"sqlite:///{directory / OPTUNA_DB}")
             mlflow_db = _sqlite_file(manifest["tracking_uri"])
         except (OSError, ValueError, KeyError, TypeError):
-            return  # an unreadable manifest is said, with what to do, by the checks that follow
+            optuna_db = mlflow_db = None  # an unreadable manifest is said, with what to do, by the checks that follow
         if optuna_db is not None:
             targets[OPTUNA_DB] = optuna_db
         if mlflow_db is not None:
             targets[MLFLOW_DB] = mlflow_db
-        written += restore_snapshot(snapshot, targets)
+        written = restore_snapshot(snapshot, targets)
     except SnapshotError as error:
         raise UsageError(f"--resume: {error}; restore {location} from a backup, or start a new study") from None
     if written:

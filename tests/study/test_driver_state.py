@@ -144,17 +144,18 @@ def test_old_generations_go_and_a_damaged_file_is_refused(tmp_path) -> None:
     db = tmp_path / "optuna.db"
     make_db(db, rows=2)
     location = str(tmp_path / "bucket")
+    (tmp_path / "study.json").write_text("{}")
     for _ in range(4):
-        snapshot = write_snapshot(location, databases={"optuna.db": db}, files={})
+        snapshot = write_snapshot(location, databases={"optuna.db": db}, files={"study.json": tmp_path / "study.json"})
     assert snapshot.generation == 4
     assert sorted(p.name for p in (tmp_path / "bucket").iterdir()) == ["gen-000003", "gen-000004", LATEST]
 
     stored = tmp_path / "bucket" / "gen-000004" / "optuna.db"
     stored.write_bytes(stored.read_bytes()[:-10] + b"0123456789")
-    target = tmp_path / "restored" / "optuna.db"
-    with pytest.raises(SnapshotError, match="does not match latest.json"):
-        restore_snapshot(snapshot, {"optuna.db": target})
-    assert not target.exists() and list(target.parent.iterdir()) == []  # no temporary file left
+    restored = tmp_path / "restored"
+    with pytest.raises(SnapshotError, match="optuna.db does not match latest.json"):
+        restore_snapshot(snapshot, {"study.json": restored / "study.json", "optuna.db": restored / "optuna.db"})
+    assert not restored.exists()  # all or nothing: the sound study.json is not written either
 
     (tmp_path / "bucket" / LATEST).write_text("{not json")
     with pytest.raises(SnapshotError, match="latest.json is unreadable"):

@@ -416,6 +416,39 @@ def test_resume_of_a_damaged_study_names_the_file_and_what_to_do(damaged, tmp_pa
     assert not (tmp_path / "mlflow.db").exists()
 
 
+def test_resume_from_a_damaged_snapshot_names_it_and_writes_nothing(tmp_path, capsys) -> None:
+    """A new head (no local state) and a snapshot whose Optuna db does not match its latest.json."""
+    import dataclasses
+
+    from study.driver_state import write_snapshot
+
+    bucket, cache, old_head = tmp_path / "bucket", tmp_path / "cache", tmp_path / "old-head"
+    old_head.mkdir()
+    settings = StudySettings(
+        space="splora_lrp", name="lost", storage_path=f"file://{bucket}", num_samples=2, max_concurrent=None,
+        cpus_per_trial=1, gpus_per_trial=0.0, sampler="tpe", seed=0, scheduler="fifo", dataset=None, data_dir=None,
+        arch=None, weights=None, cache_dir=str(cache), tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
+        experiment_name="lost", smoke=True,
+    )  # fmt: skip
+    (old_head / "study.json").write_text(json.dumps(dataclasses.asdict(settings)))
+    optuna.create_study(study_name="lost", storage=f"sqlite:///{old_head / 'optuna.db'}")
+    location = f"file://{bucket}/lost/driver_state"
+    write_snapshot(
+        location, databases={"optuna.db": old_head / "optuna.db"}, files={"study.json": old_head / "study.json"}
+    )
+    stored = bucket / "lost" / "driver_state" / "gen-000001" / "optuna.db"
+    stored.write_bytes(stored.read_bytes()[:-4] + b"junk")
+    argv = ["--name", "lost", "--resume", "--storage-path", f"file://{bucket}", "--cache-dir", str(cache)]
+    assert main(argv) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line == (
+        f"error: --resume: {location}/gen-000001/optuna.db does not match latest.json ({stored.stat().st_size} bytes, "
+        f"expected {stored.stat().st_size}); the snapshot is damaged; restore {location} from a backup, or start a "
+        "new study"
+    ), line
+    assert not (cache / "studies").exists() and not (tmp_path / "mlflow.db").exists()
+
+
 def test_a_silent_tracking_server_is_named_within_15_s(tmp_path, backbone_cache, capsys) -> None:
     import socket
 
