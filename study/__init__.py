@@ -10,8 +10,9 @@ themselves; one job each, imports going down this list only (commands are import
 - ``preflight``: cheap checks of what the flags point at (a server answers, weights fit, a path is writable), each
   one line naming the value and what to do;
 - ``settings``: ``StudySettings``, every flag checked and normalised once, for a new study and its resume alike;
-- ``snapshots``: the Tune callback that snapshots the driver's state as trials start, report and end, over
-  ``driver_state``: consistent (SQLite online backup), atomic snapshots beside the trials (``pyarrow.fs``), restored;
+- ``snapshots``: the Tune callback that snapshots the driver's state inside each of Tune's experiment-state saves,
+  over ``driver_state``: consistent (SQLite online backup), atomic snapshots beside the trials (``pyarrow.fs``),
+  restored all or nothing;
 - ``tracking``: the MLflow callback (the only MLflow writer); ``front``: the front book it keeps (fronts kept
   incrementally, files written off the event loop);
   ``records``: a study read back from MLflow (the points table), for the callback's resume and for ``report``;
