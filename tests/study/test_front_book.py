@@ -11,7 +11,8 @@ import pandas as pd
 import pytest
 
 from study.constraints import Constraints
-from study.front import FRONT_FILES, FrontBook, FrontChange, FrontWriter, ParetoFront, write_front_files
+from study.front import FrontBook, FrontChange, ParetoFront
+from study.front_files import FRONT_FILES, FrontWriter, write_front_files
 from study.pareto import pareto_mask
 
 NAN, INF = math.nan, math.inf

@@ -15,7 +15,7 @@ from ray import cloudpickle
 from ray.exceptions import RayTaskError
 
 from spa.experiment import NonFiniteLossError
-from study.front import FRONT_FILES
+from study.front_files import FRONT_FILES
 from study.names import FINAL_STEP, TRIAL_NUMBER
 from study.tracking import StudyTracker
 
