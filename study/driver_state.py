@@ -31,7 +31,6 @@ import json
 import logging
 import os
 import shutil
-import sqlite3
 import tempfile
 import threading
 import time
@@ -43,6 +42,7 @@ from typing import Any
 import pyarrow.fs as pafs
 
 from spa.files import write_atomically
+from study.sqlite_files import sqlite_backup, sqlite_problem
 
 __all__ = [
     "LATEST",
@@ -55,9 +55,6 @@ __all__ = [
     "read_latest",
     "restore_snapshot",
     "snapshot_text",
-    "sqlite_backup",
-    "sqlite_problem",
-    "sqlite_path",
 ]
 
 logger = logging.getLogger(__name__)
@@ -93,34 +90,7 @@ def snapshot_location(trial_storage: str) -> str:
     return _join(trial_storage, SNAPSHOT_DIR)
 
 
-def sqlite_path(url: str) -> Path | None:
-    """The file of an SQLAlchemy/MLflow ``sqlite:///PATH`` URL; None for any other URL (a server, Postgres...)."""
-    prefix = "sqlite:///"
-    if not url.startswith(prefix):
-        return None
-    path = url[len(prefix) :].split("?", 1)[0]
-    return None if path in ("", ":memory:") else Path(path)
-
-
 # --- writing -------------------------------------------------------------------------------------------------------
-
-
-def sqlite_backup(source: str | os.PathLike[str], destination: str | os.PathLike[str]) -> None:
-    """A consistent copy of the live SQLite database ``source`` at ``destination``, by SQLite's online backup.
-
-    The source is opened read-only; the whole database is copied in one step (``pages=-1``), under a read lock, so
-    the copy is one committed state even while the study writes (a writer holding the lock makes the step retry).
-    """
-    source_uri = Path(source).resolve().as_uri() + "?mode=ro"
-    reader = sqlite3.connect(source_uri, uri=True, timeout=60)
-    try:
-        writer = sqlite3.connect(str(destination))
-        try:
-            reader.backup(writer, pages=-1)
-        finally:
-            writer.close()
-    finally:
-        reader.close()
 
 
 def write_snapshot(
@@ -274,28 +244,6 @@ def _fetch(snapshot: Snapshot, name: str, destination: Path) -> None:
     problem = sqlite_problem(destination) if entry.get("sqlite") else None
     if problem:
         raise SnapshotError(f"{where} is not a usable database: {problem}")
-
-
-def sqlite_problem(path: str | os.PathLike[str]) -> str | None:
-    """Why the file at ``path`` is not a sound SQLite database (a phrase: "damaged (...)", "an empty file", ...),
-    or None when it is."""
-    path = Path(path)
-    try:
-        with open(path, "rb") as file:
-            header = file.read(16)
-    except OSError as error:
-        return error.strerror or str(error)
-    if header != b"SQLite format 3\x00":
-        return "not an SQLite database (bad header)" if header else "an empty file"
-    try:
-        connection = sqlite3.connect(path.resolve().as_uri() + "?mode=ro", uri=True)
-        try:
-            (verdict,) = connection.execute("PRAGMA quick_check(1)").fetchone()
-        finally:
-            connection.close()
-    except sqlite3.DatabaseError as error:
-        return f"damaged ({error})"
-    return None if verdict == "ok" else f"damaged ({verdict})"
 
 
 # --- the background writer -----------------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from spa.config import ExperimentConfig
-from study import preflight
+from study import preflight, preflight_weights
 from study.constraints import Constraints
 from study.schedulers import STOPPING
 from study.settings import (
@@ -37,6 +37,7 @@ from study.settings import (
     where,
 )
 from study.spaces import SearchSpace, load_space
+from study.sqlite_files import sqlite_path
 
 __all__ = ["plan", "overrides", "space_values", "max_final_step"]
 
@@ -68,7 +69,7 @@ def plan(args: argparse.Namespace) -> tuple[StudySettings, SearchSpace]:
         settings = resumed_settings(given, directory, space_name=space_name)
         preflight.check_resume_state(
             manifest=directory / MANIFEST,
-            optuna_db=_sqlite_file(settings.optuna_url),
+            optuna_db=sqlite_path(settings.optuna_url),
             study_name=settings.name,
             remedy=remedy,
         )
@@ -119,8 +120,8 @@ def _restore_driver_state(directory: Path, location: str) -> None:
         try:
             manifest = json.loads((local.read_text() if local.is_file() else snapshot_text(snapshot, MANIFEST)) or "")
             targets.update({name: directory / name for name in (f"{manifest['space']}.toml", MOASHA_JOURNAL)})
-            optuna_db = _sqlite_file(manifest.get("optuna_storage") or f"sqlite:///{directory / OPTUNA_DB}")
-            mlflow_db = _sqlite_file(manifest["tracking_uri"])
+            optuna_db = sqlite_path(manifest.get("optuna_storage") or f"sqlite:///{directory / OPTUNA_DB}")
+            mlflow_db = sqlite_path(manifest["tracking_uri"])
         except (OSError, ValueError, KeyError, TypeError):
             optuna_db = mlflow_db = None  # an unreadable manifest is said, with what to do, by the checks that follow
         if optuna_db is not None:
@@ -148,18 +149,12 @@ def _resume_remedy(location: str) -> str:
     return "start a new study with another --name"
 
 
-def _sqlite_file(url: str) -> Path | None:
-    from study.driver_state import sqlite_path
-
-    return sqlite_path(url)
-
-
 def _check_new_optuna_study(settings: StudySettings) -> None:
     """A new study in a shared Optuna database must not take a name already there."""
     url = settings.optuna_storage
     if not url:
         return
-    path = _sqlite_file(url)
+    path = sqlite_path(url)
     if path is not None and not path.exists():
         return
     import optuna  # local: only a study given --optuna-storage looks into it before it starts
@@ -190,12 +185,12 @@ def _check_weights(space: SearchSpace) -> None:
     archs = space_values(space, "arch")
     for weights in space_values(space, "weights"):
         if weights == "imagenet":
-            preflight.check_imagenet_weights(archs)
+            preflight_weights.check_imagenet_weights(archs)
         elif weights not in NAMED_WEIGHTS and weights is not None:
             from spa.data import uses_cifar_stem
 
             stems = [uses_cifar_stem(dataset) for dataset in space_values(space, "dataset")]
-            preflight.check_weights(weights, archs=archs, cifar_stems=stems)
+            preflight_weights.check_weights(weights, archs=archs, cifar_stems=stems)
 
 
 def overrides(settings: StudySettings, space: SearchSpace) -> dict[str, Any]:

@@ -8,8 +8,8 @@ by a library's retries): it is far cheaper to refuse a study here than to find o
   whose directory is missing or whose file is not a database; a database whose driver is not installed or whose
   server does not answer;
 - ``check_optuna_storage``: the same for an Optuna RDB URL (``sqlite:///``, ``postgresql://``, ...);
-- ``check_weights``: a state-dict file that does not load, or does not fit the architecture (``spa.models``);
-- ``check_imagenet_weights``: ImageNet weights neither cached nor downloadable;
+- the weights a trial loads (``study.preflight_weights``, the only checks that import torch): a state-dict file
+  that does not load or does not fit the architecture, ImageNet weights neither cached nor downloadable;
 - ``check_writable_dir``: a storage path or cache directory that cannot be created or written; a URI whose
   scheme pyarrow cannot reach;
 - ``check_address``: a Ray address (``host:port``) where nothing answers;
@@ -27,23 +27,23 @@ import tempfile
 import threading
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from study.driver_state import sqlite_path, sqlite_problem
+from study.sqlite_files import sqlite_path, sqlite_problem
 
 __all__ = [
     "PreflightError",
     "TIMEOUT_S",
     "check_address",
-    "check_imagenet_weights",
     "check_optuna_storage",
     "check_resume_state",
     "check_tracking_uri",
-    "check_weights",
     "check_writable_dir",
+    "first_line",
     "hide_password",
+    "within",
 ]
 
 TIMEOUT_S = 8.0  # the longest a network check waits for an answer (the command answers within 15 s)
@@ -127,7 +127,7 @@ def _check_mlflow_server(uri: str, flag: str, timeout_s: float) -> None:
             return error.code, b""
 
     try:
-        status, body = _within(timeout_s, probe)
+        status, body = within(timeout_s, probe)
     except TimeoutError:
         raise PreflightError(
             f"{flag} does not answer within {timeout_s:g} s; start the MLflow server there "
@@ -210,7 +210,7 @@ def _check_port(host: str, port: int, flag: str, timeout_s: float, remedy: str) 
             pass
 
     try:
-        _within(timeout_s, connect)
+        within(timeout_s, connect)
     except TimeoutError:
         raise PreflightError(f"{flag}: {host}:{port} does not answer within {timeout_s:g} s; {remedy}") from None
     except OSError as error:
@@ -232,75 +232,6 @@ def check_address(address: str | None, *, timeout_s: float = TIMEOUT_S) -> None:
     _check_port(
         host, int(port), f"--address {address}", timeout_s, "start Ray there (ray start --head) or pass --address auto"
     )
-
-
-# --- weights -------------------------------------------------------------------------------------------------------
-
-
-def check_weights(path: str | os.PathLike[str], *, archs: Iterable[str], cifar_stems: Iterable[bool]) -> None:
-    """A state-dict file loads (once, on the CPU) and fits every architecture a trial may build, with every stem
-    its datasets need (``spa.models.build_resnet`` is the judge, as in a trial)."""
-    from spa.models import WeightsError, build_resnet, load_backbone_state
-
-    flag = f"--weights {path}"
-    try:
-        load_backbone_state(path)
-    except WeightsError as error:
-        raise PreflightError(f"{flag}: {error}; pass a file saved with torch.save(model.state_dict(), PATH)") from None
-    except Exception as error:  # noqa: BLE001 - torch.load raises many kinds on a file that is not a state dict
-        raise PreflightError(
-            f"{flag} is not a PyTorch state dict (torch.load: {type(error).__name__}: {_first_sentence(error)}); "
-            "pass a file saved with torch.save(model.state_dict(), PATH), or imagenet or none"
-        ) from None
-    for arch in sorted(set(archs)):
-        for cifar_stem in sorted(set(cifar_stems)):
-            try:
-                build_resnet(arch, 10, cifar_stem=cifar_stem, weights=path)
-            except (WeightsError, RuntimeError, KeyError, ValueError) as error:
-                reason = _first_line(error).replace(f"weights {path} do not fit this architecture: ", "")
-                raise PreflightError(
-                    f"{flag} does not fit {arch} ({reason}); pass weights saved from a torchvision {arch}, "
-                    "or another --arch"
-                ) from None
-
-
-def check_imagenet_weights(archs: Iterable[str], *, timeout_s: float = TIMEOUT_S) -> None:
-    """``--weights imagenet``: torchvision's file is in the torch hub cache, or its server answers (each trial
-    downloads it otherwise, and fails without a network)."""
-    for arch in sorted(set(archs)):
-        url, cached = _imagenet_file(arch)
-        if cached.is_file():
-            continue
-        host = url.split("://", 1)[1].split("/", 1)[0]
-
-        def probe(url: str = url) -> None:
-            with urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=timeout_s):
-                pass
-
-        try:
-            _within(timeout_s, probe)
-        except TimeoutError:
-            reason = f"no answer within {timeout_s:g} s"
-        except urllib.error.HTTPError as error:
-            reason = f"HTTP {error.code}"
-        except (urllib.error.URLError, OSError) as error:
-            reason = str(getattr(error, "reason", error))
-        else:
-            continue
-        raise PreflightError(
-            f"--weights imagenet: the {arch} ImageNet weights are not in the torch hub cache ({cached}) and {host} "
-            f"cannot be reached ({reason}); connect to the network once, or put {url.rsplit('/', 1)[1]} there"
-        )
-
-
-def _imagenet_file(arch: str) -> tuple[str, Path]:
-    """torchvision's URL of the ImageNet weights of ``arch``, and where ``torch.hub`` caches them."""
-    import torch
-
-    from spa.models import ARCHITECTURES
-
-    url = ARCHITECTURES[arch][1].url
-    return url, Path(torch.hub.get_dir()) / "checkpoints" / url.rsplit("/", 1)[1]
 
 
 # --- directories ---------------------------------------------------------------------------------------------------
@@ -365,7 +296,7 @@ def check_resume_state(
     try:
         json.loads(manifest.read_text())
     except (OSError, ValueError) as error:
-        raise PreflightError(f"--resume: {manifest} is unreadable ({_first_line(error)}); {remedy}") from None
+        raise PreflightError(f"--resume: {manifest} is unreadable ({first_line(error)}); {remedy}") from None
     if optuna_db is None:
         return
     if not optuna_db.is_file():
@@ -392,7 +323,7 @@ def check_resume_state(
 # --- helpers -------------------------------------------------------------------------------------------------------
 
 
-def _within(timeout_s: float, call: Callable[[], _T]) -> _T:
+def within(timeout_s: float, call: Callable[[], _T]) -> _T:
     """``call()`` in a daemon thread, waited for at most ``timeout_s`` (a name lookup is not bounded by socket
     timeouts); raises TimeoutError, or what ``call`` raised."""
     outcome: dict[str, Any] = {}
@@ -413,11 +344,6 @@ def _within(timeout_s: float, call: Callable[[], _T]) -> _T:
     return outcome["value"]
 
 
-def _first_sentence(error: BaseException, limit: int = 160) -> str:
-    sentence = _first_line(error).split(". ", 1)[0]
-    return sentence if len(sentence) <= limit else sentence[: limit - 3] + "..."
-
-
-def _first_line(error: BaseException) -> str:
+def first_line(error: BaseException) -> str:
     lines = [line for line in str(error).splitlines() if line.strip()]
     return lines[0].strip() if lines else type(error).__name__

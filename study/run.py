@@ -237,9 +237,9 @@ def snapshots(settings: StudySettings) -> Any:
     """The callback that snapshots the driver's state beside the trials (``study.driver_state``): the SQLite stores
     that are local files (the Optuna db, the MLflow store), the manifest, the study's space and MOASHA's rung journal
     (its rung records: Ray does not keep a scheduler across --resume)."""
-    from study.driver_state import sqlite_path
     from study.schedulers import MOASHA_JOURNAL
     from study.snapshots import DriverStateSnapshots
+    from study.sqlite_files import sqlite_path
 
     databases = {
         name: sqlite_path(url)

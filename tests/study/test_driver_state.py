@@ -21,9 +21,9 @@ from study.driver_state import (
     read_latest,
     restore_snapshot,
     snapshot_location,
-    sqlite_path,
     write_snapshot,
 )
+from study.sqlite_files import sqlite_path
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 

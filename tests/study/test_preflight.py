@@ -18,14 +18,13 @@ from study.outcome import EVERY_TRIAL_FAILED, failures_verdict
 from study.preflight import (
     PreflightError,
     check_address,
-    check_imagenet_weights,
     check_optuna_storage,
     check_resume_state,
     check_tracking_uri,
-    check_weights,
     check_writable_dir,
     hide_password,
 )
+from study.preflight_weights import check_imagenet_weights, check_weights
 
 
 def one_line_error(call, *args, **kwargs) -> str:
@@ -177,13 +176,13 @@ def test_weights_must_load_and_fit_the_architecture(tmp_path) -> None:
 
 
 def test_imagenet_weights_must_be_cached_or_downloadable(tmp_path, monkeypatch) -> None:
-    from study import preflight
+    from study import preflight_weights
 
-    real_url, real_path = preflight._imagenet_file("resnet50")  # torchvision's, in torch.hub's cache
+    real_url, real_path = preflight_weights._imagenet_file("resnet50")  # torchvision's, in torch.hub's cache
     assert real_url.startswith("https://download.pytorch.org/") and real_path.name == real_url.rsplit("/", 1)[1]
     url = f"http://127.0.0.1:{free_port()}/models/resnet50-0676ba61.pth"
     cached = tmp_path / "hub" / "checkpoints" / "resnet50-0676ba61.pth"
-    monkeypatch.setattr(preflight, "_imagenet_file", lambda arch: (url, cached))
+    monkeypatch.setattr(preflight_weights, "_imagenet_file", lambda arch: (url, cached))
     message = one_line_error(check_imagenet_weights, ["resnet50"], timeout_s=5)
     assert message.startswith(
         f"--weights imagenet: the resnet50 ImageNet weights are not in the torch hub cache ({cached})"

@@ -236,7 +236,7 @@ def test_a_trial_tune_lost_keeps_its_run_when_asked_again_and_a_trial_ending_twi
 def test_a_store_restored_from_an_older_snapshot_gets_the_steps_tune_saved_since(tmp_path) -> None:
     """Head loss: the MLflow store comes back from a snapshot taken before the last steps Tune saved; a trial that
     continues after such a step (or has ended) never reports it again, so the tracker logs it from Tune's record."""
-    from study.driver_state import sqlite_backup
+    from study.sqlite_files import sqlite_backup
 
     (tmp_path / "study").mkdir()
     first = make_tracker(tmp_path, scheduler="fifo")
