@@ -38,16 +38,11 @@ def open_experiment(client: MlflowClient, name: str, *, tracking_uri: str, study
 
 
 def open_parent_run(
-    client: MlflowClient,
-    experiment_id: str,
-    *,
-    study_id: str,
-    run_name: str,
-    tags: Mapping[str, str],
-    params: Mapping[str, Any],
+    client: MlflowClient, experiment_id: str, tags: Mapping[str, str], params: Mapping[str, Any]
 ) -> str:
-    """The study's parent run: found again by ``study_id`` (marked RUNNING, ``tags`` set again) or created with
-    ``tags`` and ``params``."""
+    """The study's parent run, named by its ``study_id`` and ``study_name`` tags: found again by ``study_id``
+    (marked RUNNING, ``tags`` set again) or created, named ``study_name``, with ``tags`` and ``params``."""
+    study_id = tags["study_id"]
     parents = client.search_runs(
         [experiment_id], filter_string=f"tags.study_id = '{study_id}' and tags.study_role = 'parent'"
     )
@@ -56,7 +51,7 @@ def open_parent_run(
         client.update_run(run_id, status="RUNNING")
         set_tags(client, run_id, tags)
         return run_id
-    run = client.create_run(experiment_id, tags=dict(tags), run_name=run_name)
+    run = client.create_run(experiment_id, tags=dict(tags), run_name=tags["study_name"])
     log_params(client, run.info.run_id, params)
     return run.info.run_id
 

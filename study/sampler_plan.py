@@ -64,13 +64,7 @@ def plan_sampler(name: str, *, num_samples: int, num_params: int | None = None, 
     if name == "tpe":
         cap = 11 * num_params - 1 if num_params else _OPTUNA_STARTUP
         startup = _clamp(math.ceil(num_samples / 3) - overlap, 2, cap)
-        random_trials = min(num_samples, startup + overlap)
-        return SamplerPlan(
-            name,
-            {"n_startup_trials": startup},
-            f"about {random_trials} of {num_samples} trials random ({startup} finished before TPE, "
-            f"{max_concurrent} at a time), then TPE",
-        )
+        return _random_first(name, startup, overlap, num_samples, f"finished before TPE, {max_concurrent} at a time")
     if name == "nsga2":
         population = min(num_samples, _clamp(num_samples // 4, 4, _OPTUNA_POPULATION))
         population = max(population, 2)  # Optuna's minimum
@@ -80,13 +74,7 @@ def plan_sampler(name: str, *, num_samples: int, num_params: int | None = None, 
         )
     if name == "gp":
         startup = _clamp(math.ceil(num_samples / 4) - overlap, 2, _OPTUNA_STARTUP)
-        random_trials = min(num_samples, startup + overlap)
-        return SamplerPlan(
-            name,
-            {"n_startup_trials": startup},
-            f"about {random_trials} of {num_samples} trials random ({startup} completed before the GP), then "
-            "log expected hypervolume improvement",
-        )
+        return _random_first(name, startup, overlap, num_samples, "completed before the GP")
     return SamplerPlan(name, {}, f"all {num_samples} trials at random")
 
 
@@ -104,6 +92,21 @@ def build_sampler(plan: SamplerPlan, seed: int) -> optuna.samplers.BaseSampler:
     if plan.name == "random":
         return optuna.samplers.RandomSampler(seed=seed, **plan.settings)
     raise ValueError(f"sampler={plan.name!r} is not allowed; allowed: {', '.join(SAMPLER_NAMES)}")
+
+
+# What a model-based sampler does once its startup trials have ended.
+_THEN = {"tpe": "TPE", "gp": "log expected hypervolume improvement"}
+
+
+def _random_first(name: str, startup: int, overlap: int, num_samples: int, startup_means: str) -> SamplerPlan:
+    """A sampler that draws at random until ``startup`` trials have ended (``startup_means`` says how they count),
+    then models: about ``startup + overlap`` trials are drawn at random (those asked while the startup ones ran)."""
+    random_trials = min(num_samples, startup + overlap)
+    return SamplerPlan(
+        name,
+        {"n_startup_trials": startup},
+        f"about {random_trials} of {num_samples} trials random ({startup} {startup_means}), then {_THEN[name]}",
+    )
 
 
 def _clamp(value: int, low: int, high: int) -> int:

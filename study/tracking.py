@@ -127,20 +127,14 @@ class StudyTracker(Callback):
         self.experiment_id = open_experiment(
             self.client, self.experiment_name, tracking_uri=self.tracking_uri, study_dir=self.study_dir
         )
-        self.parent_run_id = open_parent_run(
-            self.client,
-            self.experiment_id,
-            study_id=self.study_id,
-            run_name=self.study_name,
-            tags={
-                **self.tags,
-                "study_name": self.study_name,
-                "study_id": self.study_id,
-                "study_role": "parent",
-                "num_samples": str(self._total),
-            },
-            params=self.params,
-        )
+        parent_tags = {
+            **self.tags,
+            "study_name": self.study_name,
+            "study_id": self.study_id,
+            "study_role": "parent",
+            "num_samples": str(self._total),
+        }
+        self.parent_run_id = open_parent_run(self.client, self.experiment_id, parent_tags, self.params)
         self._runs = TrialRuns(
             self.client,
             experiment_id=self.experiment_id,

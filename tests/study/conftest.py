@@ -32,3 +32,21 @@ def backbone_cache(spa_cache_dir: str) -> str:
 
     pretrained_backbone(PretrainConfig(arch="resnet18"), spa_cache_dir, threads=1)
     return spa_cache_dir
+
+
+@pytest.fixture
+def snapshot_fails_once(monkeypatch):
+    """``study.driver_state.write_snapshot`` raising ``OSError("bucket unreachable")`` the first time it is called,
+    then writing as it does (a storage that is out of reach for a moment)."""
+    from study import driver_state
+
+    failures = [1]
+    real = driver_state.write_snapshot
+
+    def flaky(*args, **kwargs):
+        if failures[0]:
+            failures[0] -= 1
+            raise OSError("bucket unreachable")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(driver_state, "write_snapshot", flaky)

@@ -214,19 +214,9 @@ def test_the_writer_coalesces_marks_keeps_one_snapshot_in_flight_and_flushes_at_
     assert read_latest(str(tmp_path / "bucket")).generation == len(calls) + 1
 
 
-def test_a_failed_snapshot_is_logged_and_the_next_mark_retries(tmp_path, monkeypatch, caplog) -> None:
+def test_a_failed_snapshot_is_logged_and_the_next_mark_retries(tmp_path, snapshot_fails_once, caplog) -> None:
     db = tmp_path / "optuna.db"
     make_db(db, rows=2)
-    failures = [1]
-    real = driver_state.write_snapshot
-
-    def flaky(*args, **kwargs):
-        if failures[0]:
-            failures[0] -= 1
-            raise OSError("bucket unreachable")
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(driver_state, "write_snapshot", flaky)
     writer = SnapshotWriter(str(tmp_path / "bucket"), databases={"optuna.db": db}, files={}).start()
     writer.mark_dirty("first")
     assert writer.flush(timeout=30)

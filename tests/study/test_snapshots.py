@@ -80,19 +80,9 @@ def test_snapshots_are_taken_inside_tunes_saves_when_something_changed(tmp_path,
     assert rows(tmp_path / "restored.db") == [(1,), (2,)]
 
 
-def test_a_failed_snapshot_is_retried_at_the_next_save_even_with_nothing_new(tmp_path, monkeypatch) -> None:
+def test_a_failed_snapshot_is_retried_at_the_next_save_even_with_nothing_new(tmp_path, snapshot_fails_once) -> None:
     db = tmp_path / "optuna.db"
     sqlite3.connect(db).execute("create table t (x)").connection.commit()
-    failures = [1]
-    real = driver_state.write_snapshot
-
-    def flaky(*args, **kwargs):
-        if failures[0]:
-            failures[0] -= 1
-            raise OSError("bucket unreachable")
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(driver_state, "write_snapshot", flaky)
     callback = DriverStateSnapshots(str(tmp_path / "bucket"), databases={"optuna.db": db}, files={})
     callback.setup()
     assert callback.snapshot() and read_latest(str(tmp_path / "bucket")) is None

@@ -69,6 +69,16 @@ def make_tracker(tmp_path: Path, scheduler: str = "asha") -> StudyTracker:
     )
 
 
+def first_session(tmp_path: Path, *trials: FakeTrial) -> StudyTracker:
+    """A driver's first session: a fifo tracker set up in a new study directory, with ``trials`` started."""
+    (tmp_path / "study").mkdir()
+    tracker = make_tracker(tmp_path, scheduler="fifo")
+    tracker.setup(total_num_samples=len(trials))
+    for trial in trials:
+        tracker.on_trial_start(0, [trial], trial)
+    return tracker
+
+
 def report(tracker: StudyTracker, trial: FakeTrial, *results: dict) -> None:
     for result in results:
         tracker.on_trial_result(0, [trial], trial, dict(result))
@@ -158,12 +168,8 @@ def test_the_step_front_counts_every_measured_step_the_trial_front_only_complete
 
 
 def test_a_returning_driver_reuses_runs_closes_stale_ones_and_logs_no_step_twice(tmp_path) -> None:
-    (tmp_path / "study").mkdir()
-    first = make_tracker(tmp_path, scheduler="fifo")
-    first.setup(total_num_samples=3)
     done, continues, lost = FakeTrial("t0", 0), FakeTrial("t1", 1), FakeTrial("t2", 2)
-    for trial in (done, continues, lost):
-        first.on_trial_start(0, [trial], trial)
+    first = first_session(tmp_path, done, continues, lost)
     report(first, done, step_result(0, 1, 0.9, 900.0), step_result(1, 1, 0.8, 300.0))
     first.on_trial_complete(0, [], done)
     report(first, continues, step_result(0, 1, 0.7, 900.0))
@@ -195,12 +201,8 @@ def test_a_returning_driver_reuses_runs_closes_stale_ones_and_logs_no_step_twice
 def test_a_trial_tune_lost_keeps_its_run_when_asked_again_and_a_trial_ending_twice_counts_once(tmp_path) -> None:
     """Head loss with the MLflow store (from a snapshot) ahead of Tune's saved state: Tune lost trial-001 (Optuna asks
     it again under a new Tune trial, study.searcher) and did not save trial-000's end (it ends again)."""
-    (tmp_path / "study").mkdir()
-    first = make_tracker(tmp_path, scheduler="fifo")
-    first.setup(total_num_samples=2)
     done, lost = FakeTrial("t0", 0), FakeTrial("t1", 1)
-    for trial in (done, lost):
-        first.on_trial_start(0, [trial], trial)
+    first = first_session(tmp_path, done, lost)
     report(first, done, step_result(0, 1, 0.9, 900.0), step_result(1, 1, 0.8, 300.0))
     first.on_trial_complete(0, [], done)
     report(first, lost, step_result(0, 1, 0.7, 900.0))
@@ -238,12 +240,8 @@ def test_a_store_restored_from_an_older_snapshot_gets_the_steps_tune_saved_since
     continues after such a step (or has ended) never reports it again, so the tracker logs it from Tune's record."""
     from study.sqlite_files import sqlite_backup
 
-    (tmp_path / "study").mkdir()
-    first = make_tracker(tmp_path, scheduler="fifo")
-    first.setup(total_num_samples=2)
     continues, ended = FakeTrial("t0", 0), FakeTrial("t1", 1)
-    for trial in (continues, ended):
-        first.on_trial_start(0, [trial], trial)
+    first = first_session(tmp_path, continues, ended)
     report(first, continues, step_result(0, 2, 0.7, 900.0))
     report(first, ended, step_result(0, 1, 0.6, 900.0))
     sqlite_backup(tmp_path / "mlflow.db", tmp_path / "snapshot.db")  # the last snapshot before the head was lost
