@@ -42,16 +42,16 @@ __all__ = [
     "main",
 ]
 
-TABLE1_COLUMNS = (
-    "criterion",
-    "learner",
-    "density",
-    "test_accuracy",
-    "test_accuracy_std",
-    "learned_params_k",
-    "flops_m",
-    "n",
-)
+# Table 1 has one row per (criterion, learner, density bucket); each value column is (point column, aggregation).
+_TABLE1_KEYS = ("criterion", "learner", "density")
+_TABLE1_VALUES = {
+    "test_accuracy": ("test_accuracy", "mean"),
+    "test_accuracy_std": ("test_accuracy", "std"),
+    "learned_params_k": ("learned_params_k", "mean"),
+    "flops_m": ("flops_m", "mean"),
+    "n": ("test_accuracy", "size"),
+}
+TABLE1_COLUMNS = (*_TABLE1_KEYS, *_TABLE1_VALUES)
 
 
 # --- computing ---------------------------------------------------------------------------------------------------
@@ -103,17 +103,7 @@ def table1(points: pd.DataFrame, *, buckets: Sequence[float] | None = None) -> p
             "flops_m": usable["flops"].astype(float).to_numpy() / 1e6,
         }
     )
-    table = (
-        frame.groupby(["criterion", "learner", "density"], sort=False)
-        .agg(
-            test_accuracy=("test_accuracy", "mean"),
-            test_accuracy_std=("test_accuracy", "std"),
-            learned_params_k=("learned_params_k", "mean"),
-            flops_m=("flops_m", "mean"),
-            n=("test_accuracy", "size"),
-        )
-        .reset_index()
-    )
+    table = frame.groupby(list(_TABLE1_KEYS), sort=False).agg(**_TABLE1_VALUES).reset_index()
     criterion_order = {name: index for index, name in enumerate(CRITERIA_NAMES)}
     table["_criterion"] = table["criterion"].map(lambda c: (criterion_order.get(c, len(criterion_order)), c))
     table["_learner"] = table["learner"].map(_learner_order)
