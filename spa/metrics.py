@@ -14,3 +14,5 @@ METRIC_NAMES = (
 )
 # ... and two more: the schedule's target density and the val accuracy right after removal, before recovery.
 EXTRA_METRIC_NAMES = ("target_density", "val_accuracy_pruned")
+# ... and how long the step spent compiling (``--compile``; 0 without): a cost, never an objective.
+TIMING_METRIC_NAMES = ("compile_s",)
