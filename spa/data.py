@@ -44,8 +44,8 @@ from torchvision import datasets as tv_datasets
 from torchvision import transforms as T
 
 from spa.digits import DigitsDataset, digits_splits
-from spa.sampling import SeededOrder, SeededSamples
 from spa.digits import rendered_digits as _rendered_digits  # noqa: F401  (tests clear its cache through here)
+from spa.sampling import SeededOrder, SeededSamples
 from spa.sources import PRINTED_DIGITS, printed_digits_splits
 from spa.splits import (
     IMAGENET_MEAN,

@@ -31,7 +31,7 @@ from spa.criteria import score_channels
 from spa.cuda_only import check_cuda_only
 from spa.data import Loaders, load_splits, make_loaders, score_loader
 from spa.loader_settings import available_cpus, loader_settings
-from spa.metrics import EXTRA_METRIC_NAMES, METRIC_NAMES, TIMING_METRIC_NAMES
+from spa.metrics import COST_METRIC_NAMES, EXTRA_METRIC_NAMES, METRIC_NAMES
 from spa.models import build_resnet
 from spa.pretrain import PretrainConfig, pretrained_backbone
 from spa.pruning import prune_to_density
@@ -53,7 +53,7 @@ __all__ = [
     "Report",
     "METRIC_NAMES",
     "EXTRA_METRIC_NAMES",
-    "TIMING_METRIC_NAMES",
+    "COST_METRIC_NAMES",
     "run_experiment",
     "pruning_densities",
     "build_model",
@@ -118,6 +118,8 @@ def run_experiment(
     # cache would then initialise its adapters differently from every later run.
     weights = _weights_path(config)
     _prepare_runtime(config.runtime)
+    if device.type == "cuda":  # a reused Tune actor ran other trials before: the peak is this run's
+        torch.cuda.reset_peak_memory_stats(device)
     loaders, scoring_loader = _load_data(config, device)
     start_step, history, state = _resume_point(resume_from)
     info = loaders.info
@@ -318,7 +320,7 @@ def _measure(
     epoch: int,
     pruned_accuracy: float | None,
 ) -> dict[str, float]:
-    """One row of ``METRIC_NAMES`` + ``EXTRA_METRIC_NAMES`` + ``TIMING_METRIC_NAMES`` for the model as it is now."""
+    """One row of ``METRIC_NAMES`` + ``EXTRA_METRIC_NAMES`` + ``COST_METRIC_NAMES`` for the model as it is now."""
     loaders, device = setting.loaders, setting.device
     val_accuracy = evaluate(model, loaders.val, device)
     counts = {
@@ -338,4 +340,5 @@ def _measure(
         # Before recovery training; at step 0 nothing was pruned, so it is the trained accuracy itself.
         "val_accuracy_pruned": val_accuracy if pruned_accuracy is None else pruned_accuracy,
         "compile_s": trained.compile_s,
+        "peak_gpu_mib": torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else 0.0,
     }

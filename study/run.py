@@ -20,7 +20,16 @@ from study.plan import max_final_step, space_values
 from study.settings import StudySettings, UsageError, write_manifest
 from study.spaces import SearchSpace
 
-__all__ = ["INTERRUPTED", "run_study", "connect", "check_resources", "trial_resources", "trial_trainable", "build_tuner", "summarize"]
+__all__ = [
+    "INTERRUPTED",
+    "run_study",
+    "connect",
+    "check_resources",
+    "trial_resources",
+    "trial_trainable",
+    "build_tuner",
+    "summarize",
+]
 
 INTERRUPTED = 130  # the shell's status for Ctrl-C
 

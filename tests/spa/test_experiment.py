@@ -117,6 +117,7 @@ def test_compiled_training_reports_the_same_steps_and_its_compile_time(spa_cache
         compiled_config, lambda metrics, checkpoint: checkpoints.append(checkpoint), checkpoint_root=tmp_path
     )
     assert [row["compile_s"] for row in eager] == [0.0, 0.0]
+    assert [row["peak_gpu_mib"] for row in compiled] == [0.0, 0.0]  # a CPU run
     assert all(row["compile_s"] > 0 for row in compiled)  # one compile per training phase, each reported
     for eager_row, compiled_row in zip(eager, compiled, strict=True):
         assert eager_row.keys() == compiled_row.keys()
