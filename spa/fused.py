@@ -9,8 +9,8 @@ backward is the frozen network's input gradient plus the gradient of the centre 
 
 Not faster on the CPU: ``dA`` and ``dB`` straight from the rank, ``dA = (B^T g) x_s^T`` and ``dB = g (A x_s)^T`` as
 batched matrix products (``2 r (in + out)`` multiply-adds per pixel instead of ``in * out``). Faster than oneDNN's
-1x1 weight gradient alone at most ResNet-18 shapes, but slower in the whole training step, side by side in one
-run (benchmarks/README.md, issue 14).
+1x1 weight gradient alone at most ResNet-18 shapes, but no gain in the whole training step could be shown side by
+side (3 repeats, medians 1.32 against 1.27 over the floor; benchmarks/README.md, issue 14).
 
 Why the centre tap is a 1x1 conv: with padding k // 2 and stride s, output pixel (h, w) sees input pixel
 (h*s, w*s) through the centre tap, which is exactly a 1x1 conv of stride s and no padding.
