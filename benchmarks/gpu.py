@@ -51,9 +51,9 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms as T
 
 from spa.adapters import add_splora, mark_trainable
-from spa.data import IMAGENET_MEAN, IMAGENET_STD, DatasetInfo
 from spa.gpu_data import CROP_PADDING, Augmentation, DeviceLoader, DeviceSet
 from spa.models import build_resnet
+from spa.splits import IMAGENET_MEAN, IMAGENET_STD, DatasetInfo
 from spa.training import autocast
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the helpers shared by the scripts beside this one

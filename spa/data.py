@@ -43,15 +43,13 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from torchvision import datasets as tv_datasets
 from torchvision import transforms as T
 
-from spa.digits import DigitsDataset, digits_splits
+from spa.digits import digits_splits
 from spa.digits import rendered_digits as _rendered_digits  # noqa: F401  (tests clear its cache through here)
 from spa.sampling import SeededOrder, SeededSamples
 from spa.sources import PRINTED_DIGITS, printed_digits_splits
 from spa.splits import (
     IMAGENET_MEAN,
     IMAGENET_STD,
-    TEST_FRACTION,
-    TEST_SPLIT_SEED,
     DataError,
     DatasetInfo,
     Loaders,
@@ -64,13 +62,6 @@ from spa.splits import (
 from spa.validation import is_int
 
 __all__ = [
-    "DataError",
-    "DatasetInfo",
-    "Splits",
-    "Loaders",
-    "IMAGENET_MEAN",
-    "IMAGENET_STD",
-    "DigitsDataset",
     "EMBEDDED_DATASETS",
     "dataset_names",
     "uses_cifar_stem",
@@ -226,7 +217,7 @@ def _imagefolder_splits(name: str, *, val_fraction: float, seed: int) -> Splits:
         classes = train_base.classes
     else:
         whole = _image_folder(path)
-        train_pos, test_pos = stratified_test_split(whole.targets, TEST_FRACTION, TEST_SPLIT_SEED)
+        train_pos, test_pos = stratified_test_split(whole.targets)
         train_base, test_base, classes = Subset(whole, train_pos), Subset(whole, test_pos), whole.classes
     if len(classes) < 2:
         raise DataError(f"imagefolder {str(path)!r} has {len(classes)} class folder(s); need at least 2")

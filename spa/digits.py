@@ -20,8 +20,6 @@ from torch.utils.data import Dataset
 from spa.splits import (
     IMAGENET_MEAN,
     IMAGENET_STD,
-    TEST_FRACTION,
-    TEST_SPLIT_SEED,
     DataError,
     DatasetInfo,
     Splits,
@@ -123,7 +121,7 @@ def blank_pixel() -> tuple[float, ...]:
 
 def digits_splits(info: DatasetInfo, first_digit: int, *, val_fraction: float, seed: int) -> Splits:
     images, targets = rendered_digits()
-    train_part, test = stratified_test_split(targets.tolist(), TEST_FRACTION, TEST_SPLIT_SEED)
+    train_part, test = stratified_test_split(targets.tolist())
     digits = range(first_digit, first_digit + info.num_classes)
 
     def of_task(rows: list[int]) -> torch.Tensor:

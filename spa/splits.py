@@ -1,7 +1,7 @@
 """The shapes every dataset takes (``DatasetInfo``, ``Splits``, ``Loaders``) and how splits are cut.
 
 Shared by the dataset sources (``spa.digits`` and the torchvision sets in ``spa.data``); ``spa.data`` is the
-entry point and re-exports the names a caller needs.
+entry point that loads a dataset by name, and a caller imports these shapes from here.
 """
 
 from __future__ import annotations
@@ -84,8 +84,11 @@ def carve_val(n: int, val_fraction: float, seed: int) -> tuple[list[int], list[i
     return sorted(order[n_val:]), sorted(order[:n_val])
 
 
-def stratified_test_split(labels: Sequence[int], test_fraction: float, seed: int) -> tuple[list[int], list[int]]:
-    """(train, test) positions: ``round(test_fraction * n_c)`` of each class's n_c samples go to test."""
+def stratified_test_split(
+    labels: Sequence[int], test_fraction: float = TEST_FRACTION, seed: int = TEST_SPLIT_SEED
+) -> tuple[list[int], list[int]]:
+    """(train, test) positions: ``round(test_fraction * n_c)`` of each class's n_c samples go to test. By default
+    the fixed split of every set without an official one (the same test set for every run)."""
     labels_t = torch.as_tensor(list(labels))
     generator = torch.Generator().manual_seed(seed)
     train: list[int] = []

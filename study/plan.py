@@ -230,7 +230,8 @@ def max_final_step(space: SearchSpace) -> int:
 
 def _check_datasets(space: SearchSpace) -> None:
     """A dataset a trial cannot load is bad input, found now rather than in every trial."""
-    from spa.data import EMBEDDED_DATASETS, DataError, load_splits  # local: torchvision only once needed
+    from spa.data import EMBEDDED_DATASETS, load_splits  # local: torchvision only once needed
+    from spa.splits import DataError
 
     data_dir = space_values(space, "data_dir")[0]
     for dataset in space_values(space, "dataset"):

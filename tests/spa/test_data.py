@@ -14,7 +14,8 @@ from PIL import Image
 from sklearn.datasets import load_digits
 
 from spa import data
-from spa.data import DataError, dataset_names, load_splits, make_loaders, score_loader
+from spa.data import dataset_names, load_splits, make_loaders, score_loader
+from spa.splits import DataError
 
 MEAN = np.array([0.485, 0.456, 0.406])
 STD = np.array([0.229, 0.224, 0.225])
