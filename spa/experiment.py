@@ -40,6 +40,7 @@ from spa.training import (
     build_scheduler,
     evaluate,
     phase_seed,
+    recompute_batchnorm_statistics,
     resolve_device,
     seed_everything,
     train_one_epoch,
@@ -217,19 +218,29 @@ def _checkpoint_directory(checkpoint_root: str | Path | None) -> Iterator[Path]:
 
 
 def _train(setting: _Setting, model: nn.Module, *, step: int, epochs: int) -> float:
-    """Train ``epochs`` epochs with a fresh optimizer and LR schedule; returns the last epoch's mean loss."""
+    """Train ``epochs`` epochs with a fresh optimizer and LR schedule (stepped per batch), then recompute the
+    BatchNorm statistics if ``precise_bn``; returns the last epoch's mean loss."""
     optim, runtime = setting.config.optim, setting.config.runtime
     optimizer = build_optimizer(
-        model, optim.optimizer, lr=optim.lr, momentum=optim.momentum, weight_decay=optim.weight_decay
+        model,
+        optim.optimizer,
+        lr=optim.lr,
+        momentum=optim.momentum,
+        weight_decay=optim.weight_decay,
+        adapter_lr_ratio=optim.adapter_lr_ratio,
     )
-    scheduler = build_scheduler(optimizer, optim.lr_schedule, epochs)
+    train = setting.loaders.train
+    scheduler = build_scheduler(optimizer, optim.lr_schedule, epochs, steps_per_epoch=len(train))  # per batch
     loss = float("nan")
     for epoch in range(epochs):
         started = time.perf_counter()
         seed = phase_seed(runtime.seed, step, epoch)
-        loss = train_one_epoch(model, setting.loaders.train, optimizer, setting.device, seed=seed, bf16=runtime.bf16)
-        scheduler.step()
+        loss = train_one_epoch(
+            model, train, optimizer, setting.device, seed=seed, bf16=runtime.bf16, scheduler=scheduler
+        )
         setting.log(f"step {step} epoch {epoch + 1}/{epochs}: loss {loss:.4f} ({time.perf_counter() - started:.1f}s)")
+    if epochs > 0 and optim.precise_bn:
+        recompute_batchnorm_statistics(model, setting.scoring_loader, setting.device)
     return loss
 
 
