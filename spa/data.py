@@ -72,6 +72,7 @@ __all__ = [
     "DigitsDataset",
     "EMBEDDED_DATASETS",
     "dataset_names",
+    "uses_cifar_stem",
     "input_size",
     "default_data_dir",
     "load_splits",
@@ -253,6 +254,12 @@ EMBEDDED_DATASETS = (*_DIGITS_FIRST, PRINTED_DIGITS)  # ship inside the installe
 def dataset_names() -> list[str]:
     """The registered dataset names; ``imagefolder:PATH`` is accepted as well."""
     return list(_INFOS)
+
+
+def uses_cifar_stem(name: str) -> bool:
+    """Whether a model for dataset ``name`` gets the CIFAR stem (32 px inputs); ``imagefolder:PATH`` does not."""
+    info = _INFOS.get(name)
+    return bool(info and info.cifar_stem)
 
 
 def input_size(name: str) -> tuple[int, int, int]:

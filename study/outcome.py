@@ -19,9 +19,11 @@ from typing import Any
 from spa.validation import is_finite_number
 from study.names import FINAL_STEP
 
-__all__ = ["COMPLETE", "PRUNED", "FAILED", "Outcome", "judge", "one_line"]
+__all__ = ["COMPLETE", "PRUNED", "FAILED", "EVERY_TRIAL_FAILED", "Outcome", "judge", "failures_verdict", "one_line"]
 
 COMPLETE, PRUNED, FAILED = "complete", "pruned", "failed"
+# The command's exit status when the study ran to its end but every trial failed (nothing to learn from it).
+EVERY_TRIAL_FAILED = 1
 
 
 @dataclass(frozen=True)
@@ -59,3 +61,14 @@ def judge(result: Mapping[str, Any] | None, metrics: Sequence[str], *, error: bo
 
 def _integer(value: Any) -> int | None:
     return int(value) if is_finite_number(value) else None
+
+
+def failures_verdict(trials: int, failed: int, first_reason: str | None = None) -> tuple[int, str | None]:
+    """The exit status of a study that ran to its end with ``failed`` of its ``trials`` failed, and the line that
+    says so (None when none failed): every trial failed -> ``EVERY_TRIAL_FAILED``; some -> 0."""
+    if failed == 0:
+        return 0, None
+    reason = f"; the first: {one_line(first_reason, 300)}" if first_reason else ""
+    if failed == trials:
+        return EVERY_TRIAL_FAILED, f"every one of the {trials} trials failed{reason}"
+    return 0, f"{failed} of {trials} trials failed{reason}"

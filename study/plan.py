@@ -1,18 +1,31 @@
 """The plan of a study: its settings and the search space every trial gets, resolved and checked before anything
-starts (no Ray, Optuna or MLflow yet). Checks that need the space, or a look at the data, are made here.
+starts (no Ray, Optuna or MLflow yet). Checks that need the space, or a look at the data, are made here, and so
+are the cheap checks of what the flags point at (``study.preflight``: the tracking server answers, the weights fit,
+the storage path is writable, ...).
+
+On ``--resume`` a study whose driver state is missing here (a new head node) gets it back from the latest snapshot
+beside its trials (``study.driver_state``) before its settings are read.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import os
+import time
+from pathlib import Path
 from typing import Any
 
 from spa.config import ExperimentConfig
+from study import preflight
 from study.constraints import Constraints
 from study.schedulers import STOPPING
 from study.settings import (
+    DEFAULT_STORAGE_PATH,
+    MANIFEST,
+    MLFLOW_DB,
+    OPTUNA_DB,
     SMOKE_BUDGET,
     StudySettings,
     UsageError,
@@ -20,6 +33,7 @@ from study.settings import (
     given_settings,
     new_settings,
     resumed_settings,
+    snapshot_location_of,
     where,
 )
 from study.spaces import SearchSpace, load_space
@@ -32,18 +46,45 @@ def plan(args: argparse.Namespace) -> tuple[StudySettings, SearchSpace]:
     check_flags(args)
     given = given_settings(args)
     space = None if args.space is None else load_space(args.space)
+    preflight.check_address(args.address or os.environ.get("RAY_ADDRESS"))
+    preflight.check_writable_dir("--storage-path", given["storage_path"] or DEFAULT_STORAGE_PATH)
+    if given["cache_dir"]:
+        preflight.check_writable_dir("--cache-dir", given["cache_dir"])
+    if given["optuna_storage"]:
+        preflight.check_optuna_storage(given["optuna_storage"])
     if args.resume:
         space_name = None if space is None else space.name
         directory = where(given, space_name)
+        location = snapshot_location_of(given, space_name)
+        _restore_driver_state(directory, location)
+        if not directory.exists():
+            raise UsageError(
+                f"--resume: no study at {directory}, nor a snapshot of one at {location}; "
+                "run without --resume to start it"
+            )
+        remedy = _resume_remedy(location)
+        if (directory / MANIFEST).is_file():  # its absence is said by resumed_settings
+            preflight.check_resume_state(manifest=directory / MANIFEST, optuna_db=None, study_name="", remedy=remedy)
         settings = resumed_settings(given, directory, space_name=space_name)
+        preflight.check_resume_state(
+            manifest=directory / MANIFEST,
+            optuna_db=_sqlite_file(settings.optuna_url),
+            study_name=settings.name,
+            remedy=remedy,
+        )
         space = load_space(directory / f"{settings.space}.toml")  # the study's copy, as it started
     else:
-        settings = new_settings(given, space.name, cluster=bool(args.address or os.environ.get("RAY_ADDRESS")))
+        settings = new_settings(
+            given, space.name, cluster=(args.address or os.environ.get("RAY_ADDRESS") or "local") != "local"
+        )
         if settings.study_dir.exists():
             raise UsageError(
                 f"a study named {settings.name!r} exists at {settings.study_dir}; "
                 "pass --resume to continue it, or another --name"
             )
+        _check_new_optuna_study(settings)
+    preflight.check_writable_dir("--cache-dir", settings.cache_dir)
+    preflight.check_tracking_uri(settings.tracking_uri)  # before the slower checks: it may wait TIMEOUT_S
     space = space.with_overrides(overrides(settings, space))
     if settings.smoke:
         # One epoch and one pruning step cannot reach a floor set for the real budget; a smoke study checks the
@@ -54,7 +95,107 @@ def plan(args: argparse.Namespace) -> tuple[StudySettings, SearchSpace]:
             f"--scheduler {settings.scheduler} stops trials at pruning steps, but this space prunes no step"
         )
     _check_datasets(space)
+    _check_weights(space)
     return settings, space
+
+
+# --- the driver's state on --resume ----------------------------------------------------------------------------------
+
+
+def _restore_driver_state(directory: Path, location: str) -> None:
+    """Bring back from the latest snapshot at ``location`` every piece of the driver's state missing here: the
+    manifest, the study's space, MOASHA's rung journal, the Optuna db and the MLflow SQLite store (where the manifest
+    says they live). All or nothing: a damaged snapshot is refused before anything is written."""
+    from study.driver_state import SnapshotError, read_latest, restore_snapshot, snapshot_text
+    from study.schedulers import MOASHA_JOURNAL
+
+    try:
+        snapshot = read_latest(location)
+        if snapshot is None:
+            return
+        # The manifest here, else the snapshot's: it says where the databases live.
+        local = directory / MANIFEST
+        targets: dict[str, Path] = {MANIFEST: local}
+        try:
+            manifest = json.loads((local.read_text() if local.is_file() else snapshot_text(snapshot, MANIFEST)) or "")
+            targets.update({name: directory / name for name in (f"{manifest['space']}.toml", MOASHA_JOURNAL)})
+            optuna_db = _sqlite_file(manifest.get("optuna_storage") or f"sqlite:///{directory / OPTUNA_DB}")
+            mlflow_db = _sqlite_file(manifest["tracking_uri"])
+        except (OSError, ValueError, KeyError, TypeError):
+            optuna_db = mlflow_db = None  # an unreadable manifest is said, with what to do, by the checks that follow
+        if optuna_db is not None:
+            targets[OPTUNA_DB] = optuna_db
+        if mlflow_db is not None:
+            targets[MLFLOW_DB] = mlflow_db
+        written = restore_snapshot(snapshot, targets)
+    except SnapshotError as error:
+        raise UsageError(f"--resume: {error}; restore {location} from a backup, or start a new study") from None
+    if written:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(snapshot.created))
+        paths = ", ".join(str(path) for path in written)
+        print(f"restored from {location} (snapshot {snapshot.generation} of {when}): {paths}", flush=True)
+
+
+def _resume_remedy(location: str) -> str:
+    """What to do about a damaged file of the driver's state: restore it from the snapshot, if there is one."""
+    from study.driver_state import SnapshotError, read_latest
+
+    try:
+        if read_latest(location) is not None:
+            return f"move it away and --resume restores it from the snapshot at {location}"
+    except SnapshotError:
+        pass
+    return "start a new study with another --name"
+
+
+def _sqlite_file(url: str) -> Path | None:
+    from study.driver_state import sqlite_path
+
+    return sqlite_path(url)
+
+
+def _check_new_optuna_study(settings: StudySettings) -> None:
+    """A new study in a shared Optuna database must not take a name already there."""
+    url = settings.optuna_storage
+    if not url:
+        return
+    path = _sqlite_file(url)
+    if path is not None and not path.exists():
+        return
+    import optuna  # local: only a study given --optuna-storage looks into it before it starts
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        names = optuna.study.get_all_study_names(storage=url)
+    except Exception as error:  # noqa: BLE001 - SQLAlchemy's errors: refused login, no such database, ...
+        first = str(error).splitlines()[0] if str(error) else ""
+        raise UsageError(
+            f"--optuna-storage {preflight.hide_password(url)}: cannot open it ({type(error).__name__}: {first}); "
+            "check the URL, user and password"
+        ) from None
+    if settings.name in names:
+        raise UsageError(
+            f"--optuna-storage {preflight.hide_password(url)} holds a study named {settings.name!r}; "
+            "pass --resume to continue it, or another --name"
+        )
+
+
+# --- what a trial will load ------------------------------------------------------------------------------------------
+
+
+def _check_weights(space: SearchSpace) -> None:
+    """A state-dict file fits every architecture and stem a trial may build; ImageNet weights can be had."""
+    from spa.config import NAMED_WEIGHTS
+
+    archs = space_values(space, "arch")
+    for weights in space_values(space, "weights"):
+        if weights == "imagenet":
+            preflight.check_imagenet_weights(archs)
+        elif weights not in NAMED_WEIGHTS and weights is not None:
+            from spa.data import uses_cifar_stem
+
+            stems = [uses_cifar_stem(dataset) for dataset in space_values(space, "dataset")]
+            preflight.check_weights(weights, archs=archs, cifar_stems=stems)
 
 
 def overrides(settings: StudySettings, space: SearchSpace) -> dict[str, Any]:

@@ -1,5 +1,6 @@
 """The run of a planned study: connect to Ray, fit the trials to its nodes, pretrain the backbone once, build the
-tuner (Optuna searcher, scheduler, MLflow callback) and fit it, then print the summary.
+tuner (Optuna searcher, scheduler, MLflow callback, snapshots of the driver's state beside the trials) and fit it,
+then print the summary.
 
 The plan (``study.plan``) has checked every input before this starts.
 """
@@ -16,8 +17,9 @@ from typing import Any
 
 from spa.config import PRETRAINED_DIGITS, ExperimentConfig
 from study.names import trial_dirname, trial_name
+from study.outcome import FAILED, failures_verdict
 from study.plan import max_final_step, space_values
-from study.settings import StudySettings, UsageError, write_manifest
+from study.settings import MANIFEST, MLFLOW_DB, OPTUNA_DB, StudySettings, UsageError, write_manifest
 from study.spaces import SearchSpace
 
 __all__ = ["INTERRUPTED", "run_study", "connect", "check_resources", "build_tuner", "summarize"]
@@ -34,11 +36,20 @@ def run_study(settings: StudySettings, space: SearchSpace, *, resume: bool, addr
         max_concurrent = check_resources(nodes, settings)
         pretrain(space, settings)
         tuner = build_tuner(settings, space, max_concurrent, resume=resume)
-        tuner.fit()
+        first_error = _first_error(tuner.fit().errors)
     finally:
         if started_ray:
             ray.shutdown()
-    return summarize(settings, space, seconds=time.perf_counter() - started)
+    return summarize(settings, space, seconds=time.perf_counter() - started, first_error=first_error)
+
+
+def _first_error(errors: Sequence[BaseException]) -> str | None:
+    """The first trial error as one line, ``NonFiniteLossError: training loss became nan ...`` (Tune wraps it)."""
+    if not errors:
+        return None
+    cause = getattr(errors[0], "cause", None) or errors[0]
+    lines = [line for line in str(cause).splitlines() if line.strip()]
+    return f"{type(cause).__name__}: {lines[0].strip() if lines else ''}"
 
 
 def connect(address: str | None) -> tuple[Any, bool]:
@@ -53,14 +64,20 @@ def connect(address: str | None) -> tuple[Any, bool]:
     if ray.is_initialized():
         return ray, False
     # Ray's own INFO lines ("Started a local Ray instance", ...) would bury a one-line error on stderr.
-    if address or os.environ.get("RAY_ADDRESS"):
+    if _cluster_address(address):
         try:
             ray.init(address=address, logging_level=logging.WARNING)
         except ConnectionError as error:
             raise UsageError(f"--address {address or os.environ['RAY_ADDRESS']}: {error}") from None
-    else:
-        ray.init(include_dashboard=False, logging_level=logging.WARNING)
+    else:  # "local": not the machine's latest `ray start` cluster, which Ray joins when given no address
+        ray.init(address="local", include_dashboard=False, logging_level=logging.WARNING)
     return ray, True
+
+
+def _cluster_address(address: str | None) -> str | None:
+    """The Ray cluster to join (``--address``, else ``$RAY_ADDRESS``); None for a local Ray of the driver's own."""
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    return None if address == "local" else address
 
 
 def check_resources(nodes: Sequence[dict[str, float]], settings: StudySettings) -> int:
@@ -152,7 +169,7 @@ def build_tuner(settings: StudySettings, space: SearchSpace, max_concurrent: int
     searcher = StudySearcher(
         space,
         sampler=build_sampler(sampler_plan, settings.seed),
-        storage=optuna.storages.RDBStorage(settings.optuna_storage),
+        storage=optuna.storages.RDBStorage(settings.optuna_url),
         study_name=settings.name,
     )
     scheduler = make_scheduler(
@@ -205,7 +222,8 @@ def build_tuner(settings: StudySettings, space: SearchSpace, max_concurrent: int
         run_config=tune.RunConfig(
             name=settings.name,
             storage_path=settings.storage_path,
-            callbacks=[tracker],
+            # The snapshots after the tracker: Tune calls callbacks in order, so a snapshot holds what MLflow got.
+            callbacks=[tracker, snapshots(settings)],
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
             failure_config=tune.FailureConfig(max_failures=settings.max_failures),
             verbose=1,
@@ -213,6 +231,23 @@ def build_tuner(settings: StudySettings, space: SearchSpace, max_concurrent: int
     )
     write_manifest(settings)  # last: a directory without it is not resumable, and says so
     return tuner
+
+
+def snapshots(settings: StudySettings) -> Any:
+    """The callback that snapshots the driver's state beside the trials (``study.driver_state``): the SQLite stores
+    that are local files (the Optuna db, the MLflow store), the manifest, the study's space and MOASHA's rung journal
+    (its rung records: Ray does not keep a scheduler across --resume)."""
+    from study.driver_state import sqlite_path
+    from study.schedulers import MOASHA_JOURNAL
+    from study.snapshots import DriverStateSnapshots
+
+    databases = {
+        name: sqlite_path(url)
+        for name, url in ((OPTUNA_DB, settings.optuna_url), (MLFLOW_DB, settings.tracking_uri))
+        if sqlite_path(url) is not None
+    }
+    files = {name: settings.study_dir / name for name in (MANIFEST, f"{settings.space}.toml", MOASHA_JOURNAL)}
+    return DriverStateSnapshots(settings.snapshot_location, databases=databases, files=files)
 
 
 def ui_lines(tracking_uri: str, experiment_name: str) -> list[str]:
@@ -234,16 +269,19 @@ def ui_lines(tracking_uri: str, experiment_name: str) -> list[str]:
     return lines
 
 
-def summarize(settings: StudySettings, space: SearchSpace, *, seconds: float) -> int:
-    """Print the front and where to look; the exit status: 0 when every trial ended, 130 when interrupted."""
+def summarize(settings: StudySettings, space: SearchSpace, *, seconds: float, first_error: str | None = None) -> int:
+    """Print the front and where to look; the exit status: 130 when interrupted, 1 when every trial failed
+    (``outcome.failures_verdict``; the line says how many failed, and the first reason), else 0."""
     import optuna
     import pandas as pd
 
     from study.pareto import front_text
+    from study.searcher import REASON_ATTRS
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.load_study(study_name=settings.name, storage=settings.optuna_storage)
-    states = [trial.state.name for trial in study.get_trials(deepcopy=False)]
+    study = optuna.load_study(study_name=settings.name, storage=settings.optuna_url)
+    trials = study.get_trials(deepcopy=False)
+    states = [trial.state.name for trial in trials]
     counts = {state: states.count(state) for state in ("COMPLETE", "PRUNED", "FAIL", "RUNNING")}
     interrupted = counts["RUNNING"] > 0 or len(states) < settings.num_samples
     print()
@@ -271,4 +309,12 @@ def summarize(settings: StudySettings, space: SearchSpace, *, seconds: float) ->
             file=sys.stderr,
         )
         return INTERRUPTED
-    return 0
+    failed = [trial for trial in trials if trial.state.name == "FAIL"]
+    # A trial that raised is told to Optuna without its exception; Tune's result grid has it.
+    reason = first_error or (failed[0].user_attrs.get(REASON_ATTRS[FAILED]) if failed else None)
+    status, line = failures_verdict(len(trials), len(failed), reason)
+    if line:
+        print(
+            f"{'error: ' if status else ''}study {settings.name!r}: {line}", file=sys.stderr if status else sys.stdout
+        )
+    return status

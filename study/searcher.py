@@ -5,7 +5,9 @@ stopped early enters a multi-objective study (and its front) with values that ar
 warning when Optuna refuses a NaN value, leaving the trial RUNNING forever. ``StudySearcher`` judges each trial
 once (``study.outcome.judge``) and tells COMPLETE, PRUNED or FAIL accordingly, with the reason as a user
 attribute. The Optuna study lives in a storage (an SQLite file in the study directory), so it is kept across a
-resume; ``StudySearch`` lets a resumed study ask for more samples than it started with.
+resume; ``StudySearch`` lets a resumed study ask for more samples than it started with. A resumed study's Optuna
+trials that Tune's restored state lacks (asked after Tune last saved it) are asked again if unfinished, and count as
+asked if finished, so the study ends with the trials an uninterrupted one has.
 """
 
 from __future__ import annotations
@@ -91,16 +93,13 @@ class StudySearcher(OptunaSearch):
             storage=storage,
         )
         self._constraints = space.constraints
+        self._lost_unfinished: list[int] = []  # numbers of Optuna trials Tune lost, to be asked again (restore)
+        self.lost_finished = 0  # finished Optuna trials Tune lost, found by this restore
+        self._lost_counted: set[int] = set()  # their numbers, over every restore (pickled with the searcher)
 
     @property
     def study(self) -> optuna.Study:
         return optuna_study(self)
-
-    def suggest(self, trial_id: str) -> dict[str, Any] | None:
-        config = super().suggest(trial_id)
-        if config:
-            optuna_trials(self)[trial_id].set_user_attr(TUNE_TRIAL_ATTR, trial_id)
-        return config
 
     @property
     def constraints(self) -> Constraints:
@@ -144,12 +143,31 @@ class StudySearcher(OptunaSearch):
 
     def restore(self, checkpoint_path: str) -> None:
         super().restore(checkpoint_path)
-        # Trials asked after the last saved experiment state (the driver was killed) are unknown to Tune and will
-        # never run: close them, so the study holds no trial RUNNING forever.
-        known = {ot_trial.number for ot_trial in optuna_trials(self).values()}
-        for frozen in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            if frozen.number not in known:
-                self._tell(frozen.number, FAILED, None, "asked by a driver that stopped before Tune recorded the trial")
+        # The Optuna study (restored from a snapshot, study.snapshots) can hold trials asked after the experiment
+        # state Tune restored from: Tune lost them. An unfinished one is asked again, first (it runs from the start,
+        # under a new Tune trial); a finished one counts as asked (StudySearch), so the study keeps its size.
+        counted = set(getattr(self, "_lost_counted", ()))  # lost finished trials an earlier resume counted
+        known = {ot_trial.number for ot_trial in optuna_trials(self).values()} | counted
+        lost = [frozen for frozen in self.study.get_trials(deepcopy=False) if frozen.number not in known]
+        self._lost_unfinished = [frozen.number for frozen in lost if frozen.state == TrialState.RUNNING]
+        finished = {frozen.number for frozen in lost if frozen.state.is_finished()}
+        self.lost_finished, self._lost_counted = len(finished), counted | finished
+        if lost:
+            logger.warning(
+                "Optuna trials asked after Tune's last saved state (the driver stopped): %s asked again, %s counted",
+                self._lost_unfinished or "none",
+                sorted(finished) or "none",
+            )
+
+    def suggest(self, trial_id: str) -> dict[str, Any] | None:
+        if trial_id not in optuna_trials(self) and getattr(self, "_lost_unfinished", None):
+            # The lost trial again: its parameters are already in its Optuna trial, which suggests them again.
+            frozen = self.study.get_trials(deepcopy=False)[self._lost_unfinished.pop(0)]
+            optuna_trials(self)[trial_id] = optuna.Trial(self.study, frozen._trial_id)
+        config = super().suggest(trial_id)
+        if config:
+            optuna_trials(self)[trial_id].set_user_attr(TUNE_TRIAL_ATTR, trial_id)
+        return config
 
     def _tell(
         self,
@@ -196,5 +214,6 @@ class StudySearch(SearchGenerator):
         return self.searcher.searcher
 
     def set_state(self, state: dict) -> None:
-        super().set_state(state)
+        # Tune restores the searcher first: finished Optuna trials Tune lost count as asked.
+        super().set_state({**state, "counter": state["counter"] + self.study_searcher.lost_finished})
         raise_total_samples(self, self.num_samples)

@@ -32,11 +32,15 @@ __all__ = [
     "SAMPLERS",
     "SCHEDULERS",
     "MANIFEST",
+    "OPTUNA_DB",
+    "MLFLOW_DB",
     "check_flags",
     "given_settings",
     "new_settings",
     "resumed_settings",
+    "snapshot_location_of",
     "study_dir",
+    "trial_storage",
     "where",
     "write_manifest",
 ]
@@ -47,6 +51,8 @@ SMOKE_NUM_SAMPLES = 2
 SMOKE_BUDGET = {"epochs": 1, "recovery_epochs": 1, "steps": 1, "max_score_batches": 2, "batch_size": 64}
 DEFAULT_STORAGE_PATH = "ray_results"
 MANIFEST = "study.json"
+OPTUNA_DB = "optuna.db"  # the Optuna study's SQLite file in the study directory, unless --optuna-storage
+MLFLOW_DB = "mlflow.db"  # the MLflow store's name in a snapshot, when it is a local SQLite file
 # Retries of a failed trial unless --max-failures says: on a cluster a node can die under a trial, locally not.
 DEFAULT_MAX_FAILURES_CLUSTER, DEFAULT_MAX_FAILURES_LOCAL = 3, 0
 
@@ -79,6 +85,7 @@ class StudySettings:
     smoke: bool
     study_id: str = ""
     max_failures: int = 0  # retries of a trial whose node died or that raised (Tune's FailureConfig)
+    optuna_storage: str = ""  # an RDB URL (--optuna-storage); "": the SQLite file OPTUNA_DB in the study directory
     register_model: str | None = None  # the registered model the front's models become versions of
 
     @property
@@ -89,11 +96,17 @@ class StudySettings:
     @property
     def trial_storage(self) -> str:
         """Where Tune keeps trial results and checkpoints: the study directory, or ``URI/name`` for a URI."""
-        return f"{self.storage_path.rstrip('/')}/{self.name}" if is_uri(self.storage_path) else str(self.study_dir)
+        return trial_storage(self.storage_path, self.name, self.cache_dir)
 
     @property
-    def optuna_storage(self) -> str:
-        return f"sqlite:///{self.study_dir / 'optuna.db'}"
+    def optuna_url(self) -> str:
+        """Where the Optuna study lives: ``--optuna-storage``, else ``sqlite:///<study dir>/optuna.db``."""
+        return self.optuna_storage or f"sqlite:///{self.study_dir / OPTUNA_DB}"
+
+    @property
+    def snapshot_location(self) -> str:
+        """Where snapshots of the driver's state go (``study.driver_state``): beside the trials."""
+        return _snapshot_location(self.trial_storage)
 
 
 # The settings that may differ from the study's on --resume (the rest must match or be left out) ...
@@ -114,6 +127,13 @@ def study_dir(storage_path: str, name: str, cache_dir: str) -> Path:
     return Path(storage_path) / name
 
 
+def trial_storage(storage_path: str, name: str, cache_dir: str) -> str:
+    """Where Tune keeps a study's trial results and checkpoints: its study directory, or ``URI/name``."""
+    return (
+        f"{storage_path.rstrip('/')}/{name}" if is_uri(storage_path) else str(study_dir(storage_path, name, cache_dir))
+    )
+
+
 def _absolute(path: str | os.PathLike[str]) -> str:
     return str(Path(path).expanduser().resolve())
 
@@ -128,6 +148,19 @@ def _tracking_uri(text: str) -> str:
             f"use a database, e.g. {DEFAULT_TRACKING_URI}, or a server, e.g. http://127.0.0.1:5000"
         )
     return text
+
+
+def _optuna_storage(text: str) -> str:
+    """An RDB URL for Optuna, ``sqlite:///relative.db`` made absolute (as ``--tracking-uri``)."""
+    if text.startswith("sqlite:///") and not text.startswith("sqlite:////"):
+        return "sqlite:///" + _absolute(text[len("sqlite:///") :])
+    return text
+
+
+def _snapshot_location(trial_storage: str) -> str:
+    from study.driver_state import snapshot_location  # local: pyarrow only once a study is located
+
+    return snapshot_location(trial_storage)
 
 
 def check_flags(args: argparse.Namespace) -> None:
@@ -181,6 +214,7 @@ def given_settings(args: argparse.Namespace) -> dict[str, Any]:
         "experiment_name": args.experiment_name,
         "smoke": args.smoke or None,
         "max_failures": args.max_failures,
+        "optuna_storage": None if args.optuna_storage is None else _optuna_storage(args.optuna_storage),
         "register_model": args.register_model,
     }
 
@@ -201,6 +235,12 @@ def _address(given: dict[str, Any], space_name: str | None) -> tuple[str, str, s
     name = given["name"] or (f"{space_name}-smoke" if given["smoke"] else space_name)
     storage_path = given["storage_path"] or _storage_path(DEFAULT_STORAGE_PATH)
     return name, storage_path, given["cache_dir"] or _default_cache_dir()
+
+
+def snapshot_location_of(given: dict[str, Any], space_name: str | None) -> str:
+    """Where the snapshots of the study the flags point at are (they survive the loss of its directory)."""
+    name, storage_path, cache_dir = _address(given, space_name)
+    return _snapshot_location(trial_storage(storage_path, name, cache_dir))
 
 
 def where(given: dict[str, Any], space_name: str | None) -> Path:
@@ -239,6 +279,7 @@ def new_settings(given: dict[str, Any], space_name: str, *, cluster: bool) -> St
         smoke=smoke,
         study_id=uuid.uuid4().hex,
         max_failures=value("max_failures", DEFAULT_MAX_FAILURES_CLUSTER if cluster else DEFAULT_MAX_FAILURES_LOCAL),
+        optuna_storage=value("optuna_storage", ""),
         register_model=given["register_model"],
     )
 

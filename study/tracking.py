@@ -19,8 +19,8 @@ gets ``STUDY_METRICS`` at MLflow step = trials ended so far, and ``COMPUTE_METRI
 
 Resuming: Tune restores this callback from the pickled tuner, so it holds plain settings until ``setup``; there it
 finds the parent and child runs of the study in MLflow again (``study.records``), reuses the run of every trial
-that continues, skips steps already logged, and closes runs left RUNNING by a stopped driver whose trial will not
-continue.
+that continues (and of an Optuna trial asked again after Tune lost it, found by its number), skips steps already
+logged, and closes runs left RUNNING by a stopped driver whose trial will not continue.
 """
 
 from __future__ import annotations
@@ -112,6 +112,7 @@ class StudyTracker(Callback):
         self.experiment_id: str | None = None
         self.parent_run_id: str | None = None
         self._runs: dict[str, str] = {}  # trial_id -> run_id
+        self._runs_by_number: dict[int, str] = {}  # Optuna trial number -> run_id, of the runs found on a resume
         self._logged_steps: dict[str, set[int]] = {}  # run_id -> steps logged
         self._nodes: dict[str, list[str]] = {}  # run_id -> ids of the Ray nodes it ran on
         self._book = FrontBook(self.metrics, self.modes, self.constraints)
@@ -175,12 +176,12 @@ class StudyTracker(Callback):
         if self.client.get_run(run_id).info.status != "RUNNING":  # a trial that continues after a resume
             self.client.update_run(run_id, status="RUNNING")
             self._delete_tags(run_id, ("interrupted", "stale"))
+        self._log_saved_step(trial, run_id)
         self._started.add(trial.trial_id)
         self._ended.discard(trial.trial_id)
 
     def on_trial_result(self, iteration: int, trials: list[Trial], trial: Trial, result: dict, **info) -> None:
         run_id = self._run_of(trial)
-        step = int(result["step"])
         logged = self._logged_steps.setdefault(run_id, set())
         node_id = result.get("node_id")
         if run_id not in self._nodes:  # after a driver restart, continue the list the run already carries
@@ -194,6 +195,11 @@ class StudyTracker(Callback):
             if nodes:
                 node["node_ids"] = ",".join(nodes)  # every node this trial ran on, in order (retries move it)
             self._set_tags(run_id, {k: str(v) for k, v in node.items() if v is not None})
+        self._log_step(trial, run_id, result)
+
+    def _log_step(self, trial: Trial, run_id: str, result: Mapping[str, Any]) -> None:
+        step = int(result["step"])
+        logged = self._logged_steps.setdefault(run_id, set())
         if step not in logged:  # a step repeated after a resume was measured the same way: log it once
             timestamp = int(time.time() * 1000)
             metrics = [
@@ -204,6 +210,14 @@ class StudyTracker(Callback):
             self.client.log_batch(run_id, metrics=metrics)
             logged.add(step)
         self._book.add(run_id, step, self._point(trial, run_id, "RUNNING", step, result))
+
+    def _log_saved_step(self, trial: Trial, run_id: str) -> None:
+        """The last step Tune saved for a restored trial, if the MLflow store lacks it: a store restored from a
+        snapshot (``study.driver_state``) taken just before the driver was lost can miss the step Tune saved after
+        it, and the trial, continuing after that step, never reports it again."""
+        step = (trial.last_result or {}).get("step")
+        if isinstance(step, (int, float)) and int(step) not in self._logged_steps.get(run_id, set()):
+            self._log_step(trial, run_id, trial.last_result)
 
     def on_checkpoint(self, iteration: int, trials: list[Trial], trial: Trial, checkpoint: Any, **info) -> None:
         """Keep a copy of the step's checkpoint if its point is on the step front or is the trial's last step: Tune
@@ -319,6 +333,8 @@ class StudyTracker(Callback):
             trial_id = run.data.tags.get("trial_id")
             if trial_id:
                 self._runs[trial_id] = run.info.run_id
+            if run.data.tags.get(TRIAL_NUMBER, "").isdigit():
+                self._runs_by_number[int(run.data.tags[TRIAL_NUMBER])] = run.info.run_id
             if "pareto" in run.data.tags:
                 membership[run.info.run_id] = run.data.tags["pareto"] == "true"
             if "outcome" in run.data.tags:
@@ -340,13 +356,14 @@ class StudyTracker(Callback):
             if self.client.get_run(run_id).info.status != "RUNNING":
                 continue
             if trial is not None and trial.status in (Trial.TERMINATED, Trial.ERROR):
+                self._log_saved_step(trial, run_id)
                 self._end(trial, error=trial.status == Trial.ERROR)
             else:
                 self._set_tags(run_id, {"stale": "left RUNNING by a stopped driver; its trial did not continue"})
                 self.client.set_terminated(run_id, "KILLED")
 
     def _run_of(self, trial: Trial) -> str:
-        run_id = self._runs.get(trial.trial_id)
+        run_id = self._runs.get(trial.trial_id) or self._adopt(trial)
         if run_id is not None:
             return run_id
         config = dict(trial.config)
@@ -365,6 +382,18 @@ class StudyTracker(Callback):
         run_id = run.info.run_id
         self._log_params(run_id, self._settings(trial))
         self._runs[trial.trial_id] = run_id
+        return run_id
+
+    def _adopt(self, trial: Trial) -> str | None:
+        """The run of an Optuna trial that Tune lost and that runs again under a new Tune trial (``study.searcher``):
+        the same Optuna trial keeps its run, now tagged with the new trial id; None for any other trial."""
+        run_id = self._runs_by_number.get(trial.config.get(TRIAL_NUMBER))
+        if run_id is None:
+            return None
+        for lost in [trial_id for trial_id, known in self._runs.items() if known == run_id]:
+            del self._runs[lost]
+        self._runs[trial.trial_id] = run_id
+        self._set_tags(run_id, {"trial_id": trial.trial_id})
         return run_id
 
     def _end(self, trial: Trial, *, error: bool) -> None:
@@ -401,7 +430,8 @@ class StudyTracker(Callback):
         if self._writer is not None:
             self._writer.request(self._book.snapshot())
         self._update_models()
-        self._log_study_metrics(time.perf_counter() - started)
+        if first_end:  # a trial ending again after a resume: the study metrics of its end were logged then
+            self._log_study_metrics(time.perf_counter() - started)
 
     def _tag_membership(self) -> None:
         """The ``pareto`` tag of every run whose membership of the front changed (the book keeps the front)."""

@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from spa.config import PRETRAINED_DIGITS, ConfigError
 from study.names import DEFAULT_TRACKING_URI
 from study.plan import plan
+from study.preflight import PreflightError
 from study.run import INTERRUPTED, run_study
 from study.schedulers import SCHEDULER_HELP
 from study.settings import (
@@ -149,6 +150,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     where.add_argument("--experiment-name", default=None, help="MLflow experiment (default: the study name)")
     where.add_argument(
+        "--optuna-storage",
+        default=None,
+        metavar="URL",
+        help="the Optuna study's database, an RDB URL such as postgresql://user:password@host/optuna or "
+        "sqlite:////abs/optuna.db (default: optuna.db in the study directory, snapshotted beside the trials)",
+    )
+    where.add_argument(
         "--register-model",
         default=None,
         metavar="NAME",
@@ -170,7 +178,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     try:
         settings, space = plan(args)
-    except (UsageError, SpaceError, ConfigError) as error:
+    except (UsageError, SpaceError, ConfigError, PreflightError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     try:

@@ -8,6 +8,9 @@ import pytest
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+# Never a foreign Ray: without an address (or with "auto") Ray joins the machine's latest `ray start` cluster, and
+# RAY_ADDRESS may name one; the drivers these tests start, in process or not, get a Ray of their own.
+os.environ["RAY_ADDRESS"] = "local"
 
 
 @pytest.fixture(scope="session")

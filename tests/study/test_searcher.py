@@ -103,20 +103,40 @@ def test_ray_optuna_search_alone_would_count_a_stopped_trial_as_complete() -> No
     assert plain._ot_study.trials[0].state == TrialState.COMPLETE
 
 
-def test_restore_closes_trials_asked_after_the_last_saved_state(tmp_path) -> None:
+def test_trials_tune_lost_are_asked_again_or_counted_so_the_study_keeps_its_size(tmp_path) -> None:
+    """The Optuna db (from a snapshot) is ahead of Tune's saved state: b was asked, c asked and told after it."""
     storage_url = f"sqlite:///{tmp_path / 'optuna.db'}"
     searcher = make_searcher(optuna.storages.RDBStorage(storage_url))
     searcher.suggest("a")
-    searcher.save(str(tmp_path / "searcher.pkl"))
-    searcher.suggest("b")  # the driver dies before Tune records trial b
+    searcher.save(str(tmp_path / "searcher.pkl"))  # Tune's last saved state: trial a only
+    lost_config = searcher.suggest("b")
+    searcher.suggest("c")
+    searcher.on_trial_complete("c", result=result(1, 1))
 
     restored = make_searcher(optuna.storages.RDBStorage(storage_url))
     restored.restore(str(tmp_path / "searcher.pkl"))
-    a, b = optuna.load_study(study_name="unit", storage=storage_url).trials
-    assert a.state == TrialState.RUNNING  # Tune knows it: it continues
-    assert b.state == TrialState.FAIL and "stopped before Tune recorded" in b.user_attrs["failed_because"]
-    restored.on_trial_complete("a", result=result(1, 1))
-    assert optuna.load_study(study_name="unit", storage=storage_url).trials[0].state == TrialState.COMPLETE
+    search = StudySearch(restored, max_concurrent=4, num_samples=4)
+    search.set_state({"counter": 1, "total_samples": 4, "finished": False, "experiment": None})
+    assert search.get_state()["counter"] == 2  # a, and c (finished): two more to ask
+    again = search.searcher.suggest("d")  # Tune's next trial runs b's Optuna trial again
+    assert again == lost_config and again[TRIAL_NUMBER] == 1
+    fresh = search.searcher.suggest("e")
+    assert fresh[TRIAL_NUMBER] == 3
+    study = optuna.load_study(study_name="unit", storage=storage_url)
+    assert [(t.number, t.state, t.user_attrs["tune_trial_id"]) for t in study.trials] == [
+        (0, TrialState.RUNNING, "a"),
+        (1, TrialState.RUNNING, "d"),
+        (2, TrialState.COMPLETE, "c"),
+        (3, TrialState.RUNNING, "e"),
+    ]
+    restored.on_trial_complete("d", result=result(1, 1))
+    assert optuna.load_study(study_name="unit", storage=storage_url).trials[1].state == TrialState.COMPLETE
+
+    # Resumed again from a state saved after this: nothing is lost, c is not counted twice.
+    restored.save(str(tmp_path / "later.pkl"))
+    later = make_searcher(optuna.storages.RDBStorage(storage_url))
+    later.restore(str(tmp_path / "later.pkl"))
+    assert later.lost_finished == 0 and later._lost_unfinished == []
 
 
 def test_a_resumed_search_may_grow_but_never_shrink() -> None:

@@ -7,7 +7,10 @@ import dataclasses
 import os
 from pathlib import Path
 
+import optuna
 import pytest
+import torch
+from torchvision import models as tv_models
 
 from study.plan import plan
 from study.settings import MANIFEST, StudySettings, UsageError, check_flags, write_manifest
@@ -25,7 +28,7 @@ def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     (tmp_path / "data").mkdir()
-    (tmp_path / "w.pt").write_bytes(b"")
+    torch.save(tv_models.resnet18().state_dict(), tmp_path / "w.pt")  # the plan loads it, as a trial would
     return tmp_path
 
 
@@ -45,6 +48,7 @@ def start(*argv: str) -> tuple[StudySettings, object]:
         dataclasses.replace(space, path=original).to_toml(header="test")
     )
     (settings.study_dir / "tuner.pkl").write_bytes(b"")
+    optuna.create_study(study_name=settings.name, storage=settings.optuna_url, directions=space.directions)
     write_manifest(settings)
     return settings, space
 
@@ -130,3 +134,20 @@ def test_max_failures_defaults_by_where_the_driver_runs(workdir: Path, monkeypat
 def test_every_flag_is_checked_in_one_place(workdir: Path, argv: tuple[str, ...], message: str) -> None:
     with pytest.raises(UsageError, match=message):
         check_flags(args(*argv))
+
+
+def test_an_optuna_storage_url_is_kept_resumed_and_a_taken_name_refused(workdir: Path) -> None:
+    where = ("--storage-path", "runs", "--cache-dir", "cache")
+    (workdir / "shared").mkdir()
+    started, _ = start("--optuna-storage", "sqlite:///shared/optuna.db", *where)
+    assert started.optuna_storage == started.optuna_url == f"sqlite:///{workdir / 'shared' / 'optuna.db'}"
+    assert (workdir / "shared" / "optuna.db").is_file() and not (started.study_dir / "optuna.db").exists()
+    resumed, _ = plan(args("--resume", "--name", "splora_lrp", *where))
+    assert resumed == started
+    with pytest.raises(UsageError, match="--optuna-storage sqlite:///.* differs from the study's"):
+        plan(args("--resume", "--name", "splora_lrp", *where, "--optuna-storage", "sqlite:///other.db"))
+    # A new study may not take a name the shared database already holds.
+    with pytest.raises(UsageError, match="holds a study named 'splora_lrp'; pass --resume to continue it"):
+        plan(args("--space", "splora_lrp", "--optuna-storage", "sqlite:///shared/optuna.db", "--storage-path", "other"))
+    assert plan(args("--space", "splora_lrp", "--storage-path", "other", "--name", "x", "--optuna-storage",
+                     "sqlite:///shared/optuna.db"))[0].optuna_storage.endswith("shared/optuna.db")  # fmt: skip

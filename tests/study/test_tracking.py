@@ -192,6 +192,90 @@ def test_a_returning_driver_reuses_runs_closes_stale_ones_and_logs_no_step_twice
     assert parents[0].info.status == "FINISHED"
 
 
+def test_a_trial_tune_lost_keeps_its_run_when_asked_again_and_a_trial_ending_twice_counts_once(tmp_path) -> None:
+    """Head loss with the MLflow store (from a snapshot) ahead of Tune's saved state: Tune lost trial-001 (Optuna asks
+    it again under a new Tune trial, study.searcher) and did not save trial-000's end (it ends again)."""
+    (tmp_path / "study").mkdir()
+    first = make_tracker(tmp_path, scheduler="fifo")
+    first.setup(total_num_samples=2)
+    done, lost = FakeTrial("t0", 0), FakeTrial("t1", 1)
+    for trial in (done, lost):
+        first.on_trial_start(0, [trial], trial)
+    report(first, done, step_result(0, 1, 0.9, 900.0), step_result(1, 1, 0.8, 300.0))
+    first.on_trial_complete(0, [], done)
+    report(first, lost, step_result(0, 1, 0.7, 900.0))
+
+    second = pickle.loads(pickle.dumps(first))
+    second.setup(total_num_samples=2)
+    done.status = "PENDING"  # Tune's saved state: trial-000 at its last step, not ended; no trial-001
+    second.on_step_begin(0, [done])
+    second.on_trial_start(0, [done], done)
+    report(second, done, step_result(1, 1, 0.8, 300.0))  # says its final step again, from its checkpoint
+    second.on_trial_complete(0, [], done)
+    again = FakeTrial("t9", 1)  # Optuna trial 1 again, from the start
+    second.on_trial_start(0, [done, again], again)
+    report(second, again, step_result(0, 1, 0.7, 900.0), step_result(1, 1, 0.75, 250.0))
+    second.on_trial_complete(0, [], again)
+    done.status = again.status = "TERMINATED"
+    second.on_experiment_end([done, again])
+
+    client, parents, children = runs(tmp_path)
+    experiment_id = client.get_experiment_by_name("unit").experiment_id
+    assert len(client.search_runs([experiment_id])) == 3  # the parent and one run per trial
+    assert sorted(children) == ["trial-000", "trial-001"]
+    run = children["trial-001"]
+    assert run.info.status == "FINISHED" and run.data.tags["trial_id"] == "t9" and "stale" not in run.data.tags
+    for name in ("trial-000", "trial-001"):
+        assert [m.step for m in client.get_metric_history(children[name].info.run_id, "val_accuracy")] == [0, 1]
+    assert run.data.metrics["val_accuracy"] == 0.75
+    assert parents[0].data.tags["trials_finished"] == "2" and parents[0].info.status == "FINISHED"
+    # One point of the study metrics per trial end, as without the head loss.
+    assert [m.step for m in client.get_metric_history(parents[0].info.run_id, "trials_complete")] == [1, 2]
+
+
+def test_a_store_restored_from_an_older_snapshot_gets_the_steps_tune_saved_since(tmp_path) -> None:
+    """Head loss: the MLflow store comes back from a snapshot taken before the last steps Tune saved; a trial that
+    continues after such a step (or has ended) never reports it again, so the tracker logs it from Tune's record."""
+    from study.driver_state import sqlite_backup
+
+    (tmp_path / "study").mkdir()
+    first = make_tracker(tmp_path, scheduler="fifo")
+    first.setup(total_num_samples=2)
+    continues, ended = FakeTrial("t0", 0), FakeTrial("t1", 1)
+    for trial in (continues, ended):
+        first.on_trial_start(0, [trial], trial)
+    report(first, continues, step_result(0, 2, 0.7, 900.0))
+    report(first, ended, step_result(0, 1, 0.6, 900.0))
+    sqlite_backup(tmp_path / "mlflow.db", tmp_path / "snapshot.db")  # the last snapshot before the head was lost
+    report(first, continues, step_result(1, 2, 0.75, 600.0))
+    report(first, ended, step_result(1, 1, 0.65, 300.0))
+    first.on_trial_complete(0, [], ended)
+    # The new head: the store restored from the snapshot (at another path here: this process's MLflow keeps the first
+    # store's connections open).
+    second = pickle.loads(pickle.dumps(first))
+    second.tracking_uri = f"sqlite:///{tmp_path / 'snapshot.db'}"
+    second.setup(total_num_samples=2)
+    continues.status, ended.status = "PENDING", "TERMINATED"  # Tune's saved state: t0 at step 1, t1 ended
+    second.on_step_begin(0, [continues, ended])
+    second.on_trial_start(0, [continues, ended], continues)
+    report(second, continues, step_result(2, 2, 0.8, 300.0))  # continues after its step-1 checkpoint
+    second.on_trial_complete(0, [], continues)
+    continues.status = "TERMINATED"
+    second.on_experiment_end([continues, ended])
+
+    client = MlflowClient(tracking_uri=second.tracking_uri)
+    found = client.search_runs([client.get_experiment_by_name("unit").experiment_id])
+    children = {run.info.run_name: run for run in found if PARENT in run.data.tags}
+    parents = [run for run in found if PARENT not in run.data.tags]
+    for name, steps in (("trial-000", [0, 1, 2]), ("trial-001", [0, 1])):
+        run = children[name]
+        assert run.info.status == "FINISHED", name
+        for key in ("val_accuracy", "learned_params"):
+            assert [m.step for m in client.get_metric_history(run.info.run_id, key)] == steps, (name, key)
+    assert children["trial-001"].data.metrics["val_accuracy"] == 0.65
+    assert parents[0].info.status == "FINISHED"
+
+
 def test_a_trial_below_the_floor_is_tagged_and_on_no_front(tmp_path) -> None:
     from study.constraints import VIOLATION, Constraints
 

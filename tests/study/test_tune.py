@@ -183,11 +183,12 @@ choices = [0.01, 1e8]
 """
 
 
-def test_failing_trial_is_recorded_and_the_study_goes_on(tmp_path, backbone_cache, ray_cluster) -> None:
+def test_failing_trial_is_recorded_and_the_study_goes_on(tmp_path, backbone_cache, ray_cluster, capsys) -> None:
     space = write_space(tmp_path, "diverging", DIVERGING_SPACE)
     # With the random sampler and seed 0 the two trials draw lr=1e8 and lr=0.01.
     args = ["--space", str(space), "--smoke", "--sampler", "random", "--seed", "0", *common(tmp_path, backbone_cache)]
     assert main(args) == 0
+    assert "study 'diverging-smoke': 1 of 2 trials failed; the first: NonFiniteLossError" in capsys.readouterr().out
 
     client, parent, children, _ = runs_of(tmp_path, "diverging-smoke")
     by_lr = {run.data.params["lr"]: run for run in children}
@@ -207,6 +208,15 @@ def test_failing_trial_is_recorded_and_the_study_goes_on(tmp_path, backbone_cach
     assert_optuna_matches_mlflow(list(trials.values()), children)
     front = pd.read_csv(tmp_path / "runs" / "diverging-smoke" / "pareto_front.csv")
     assert list(front["run_name"]) == [finished.info.run_name]
+
+
+def test_a_study_whose_every_trial_failed_exits_1_with_one_line(tmp_path, backbone_cache, ray_cluster, capsys) -> None:
+    space = write_space(tmp_path, "hopeless", DIVERGING_SPACE.replace("[0.05, 1e8]", "[1e8, 1e9]"))
+    assert main(["--space", str(space), "--smoke", "--sampler", "random", *common(tmp_path, backbone_cache)]) == 1
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error: ")]
+    assert err == [err[0]] and err[0].startswith(
+        "error: study 'hopeless-smoke': every one of the 2 trials failed; the first: NonFiniteLossError: "
+    ), err
 
 
 # --- resume --------------------------------------------------------------------------------------------------------
@@ -307,7 +317,63 @@ BAD_INPUTS = {
     "missing data dir": lambda tmp: ["--space", "splora_lrp", "--smoke", "--data-dir", str(tmp / "nowhere")],
     "resume of nothing": lambda tmp: ["--space", "splora_lrp", "--smoke", "--resume"],
     "file tracking store": lambda tmp: ["--space", "splora_lrp", "--smoke", "--tracking-uri", str(tmp / "mlruns")],
+    "tracking server not answering": lambda tmp: ["--space", "splora_lrp", "--smoke", "--tracking-uri", free_url()],
+    "tracking store in a missing directory": lambda tmp: [
+        "--space",
+        "splora_lrp",
+        "--smoke",
+        "--tracking-uri",
+        f"sqlite:///{tmp / 'no' / 'mlflow.db'}",
+    ],  # fmt: skip
+    "weights of another architecture": lambda tmp: [
+        "--space",
+        "splora_lrp",
+        "--smoke",
+        "--weights",
+        str(small_state_dict(tmp)),
+        "--arch",
+        "resnet18",
+    ],  # fmt: skip
+    "weights file that is no state dict": lambda tmp: [
+        "--space",
+        "splora_lrp",
+        "--smoke",
+        "--weights",
+        str(write_space(tmp, "weights", "not torch")),
+    ],  # fmt: skip
+    "storage path below a file": lambda tmp: [
+        "--space",
+        "splora_lrp",
+        "--smoke",
+        "--storage-path",
+        str(write_space(tmp, "file", "") / "runs"),
+    ],  # fmt: skip
+    "optuna storage that is no URL": lambda tmp: ["--space", "splora_lrp", "--smoke", "--optuna-storage", "optuna"],
+    "ray address where nothing listens": lambda tmp: [
+        "--space",
+        "splora_lrp",
+        "--smoke",
+        "--address",
+        free_url().removeprefix("http://"),
+    ],  # fmt: skip
 }
+
+
+def free_url() -> str:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{sock.getsockname()[1]}"
+
+
+def small_state_dict(tmp_path: Path) -> Path:
+    """A state dict whose stem fits a ResNet but which lacks every other layer."""
+    import torch
+
+    path = tmp_path / "stem-only.pt"
+    torch.save({"conv1.weight": torch.zeros(64, 3, 7, 7)}, path)
+    return path
 
 
 @pytest.mark.parametrize("case", BAD_INPUTS)
@@ -316,9 +382,88 @@ def test_bad_input_is_one_line_exit_2_and_creates_nothing(case, tmp_path, backbo
     tail = common(tmp_path, backbone_cache)
     if "--tracking-uri" in argv:
         tail = tail[:2] + tail[4:]
+    if "--storage-path" in argv:
+        tail = tail[2:]
+    before = sorted(p.name for p in tmp_path.iterdir())
     assert main([*argv, *tail]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: "), err
+    nothing_created(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+@pytest.mark.parametrize("damaged", ["optuna.db", "study.json"])
+def test_resume_of_a_damaged_study_names_the_file_and_what_to_do(damaged, tmp_path, backbone_cache, capsys) -> None:
+    import dataclasses
+
+    study_dir = tmp_path / "runs" / "damaged"
+    study_dir.mkdir(parents=True)
+    settings = StudySettings(
+        space="splora_lrp", name="damaged", storage_path=str(tmp_path / "runs"), num_samples=2, max_concurrent=None,
+        cpus_per_trial=1, gpus_per_trial=0.0, sampler="tpe", seed=0, scheduler="fifo", dataset=None, data_dir=None,
+        arch=None, weights=None, cache_dir=backbone_cache, tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
+        experiment_name="damaged", smoke=True,
+    )  # fmt: skip
+    (study_dir / "study.json").write_text(json.dumps(dataclasses.asdict(settings)))
+    (study_dir / "tuner.pkl").write_bytes(b"")
+    optuna.create_study(study_name="damaged", storage=f"sqlite:///{study_dir / 'optuna.db'}")
+    path = study_dir / damaged
+    path.write_bytes(path.read_bytes()[:50])
+    files = {p.name: p.read_bytes() for p in study_dir.iterdir()}
+    assert main(["--name", "damaged", "--resume", *common(tmp_path, backbone_cache)]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("error: --resume: ") and str(path) in line, line
+    assert line.endswith("; start a new study with another --name"), line
+    assert {p.name: p.read_bytes() for p in study_dir.iterdir()} == files
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_resume_from_a_damaged_snapshot_names_it_and_writes_nothing(tmp_path, capsys) -> None:
+    """A new head (no local state) and a snapshot whose Optuna db does not match its latest.json."""
+    import dataclasses
+
+    from study.driver_state import write_snapshot
+
+    bucket, cache, old_head = tmp_path / "bucket", tmp_path / "cache", tmp_path / "old-head"
+    old_head.mkdir()
+    settings = StudySettings(
+        space="splora_lrp", name="lost", storage_path=f"file://{bucket}", num_samples=2, max_concurrent=None,
+        cpus_per_trial=1, gpus_per_trial=0.0, sampler="tpe", seed=0, scheduler="fifo", dataset=None, data_dir=None,
+        arch=None, weights=None, cache_dir=str(cache), tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
+        experiment_name="lost", smoke=True,
+    )  # fmt: skip
+    (old_head / "study.json").write_text(json.dumps(dataclasses.asdict(settings)))
+    optuna.create_study(study_name="lost", storage=f"sqlite:///{old_head / 'optuna.db'}")
+    location = f"file://{bucket}/lost/driver_state"
+    write_snapshot(
+        location, databases={"optuna.db": old_head / "optuna.db"}, files={"study.json": old_head / "study.json"}
+    )
+    stored = bucket / "lost" / "driver_state" / "gen-000001" / "optuna.db"
+    stored.write_bytes(stored.read_bytes()[:-4] + b"junk")
+    argv = ["--name", "lost", "--resume", "--storage-path", f"file://{bucket}", "--cache-dir", str(cache)]
+    assert main(argv) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line == (
+        f"error: --resume: {location}/gen-000001/optuna.db does not match latest.json ({stored.stat().st_size} bytes, "
+        f"expected {stored.stat().st_size}); the snapshot is damaged; restore {location} from a backup, or start a "
+        "new study"
+    ), line
+    assert not (cache / "studies").exists() and not (tmp_path / "mlflow.db").exists()
+
+
+def test_a_silent_tracking_server_is_named_within_15_s(tmp_path, backbone_cache, capsys) -> None:
+    import socket
+
+    with socket.socket() as silent:  # accepts connections, never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        uri = f"http://127.0.0.1:{silent.getsockname()[1]}"
+        began = time.perf_counter()
+        argv = ["--space", "splora_lrp", "--smoke", "--tracking-uri", uri, *common(tmp_path, backbone_cache)[:2]]
+        assert main([*argv, "--cache-dir", backbone_cache]) == 2
+        seconds = time.perf_counter() - began
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith(f"error: --tracking-uri {uri} does not answer within ") and seconds < 15, (line, seconds)
     nothing_created(tmp_path)
 
 
