@@ -152,7 +152,11 @@ def test_with_overrides_pins_searched_settings() -> None:
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        ({"epoch": 1}, "search_spaces/splora_weight.toml: override epoch is not a setting; allowed: arch, batch_size"),
+        (
+            {"epoch": 1},
+            "search_spaces/splora_weight.toml: override epoch is not a setting; allowed: adapter_lr_ratio, arch, "
+            "batch_size",
+        ),
         (
             {"epochs": -1},
             "search_spaces/splora_weight.toml: override epochs=-1 is not allowed; allowed: an integer >= 0",
@@ -200,7 +204,7 @@ MALFORMED = {
     "unknown fixed setting": ("[fixed]\nepoch = 3\n", f"fixed.epoch is not a setting; allowed: {ALL_SETTINGS}"),
     "unknown searched setting": (
         '[params.rnk]\ntype = "int"\nlow = 2\nhigh = 8\n',
-        "params.rnk is not a setting; allowed: arch,",
+        "params.rnk is not a setting; allowed: adapter_lr_ratio, arch,",
     ),
     "fixed and searched": (
         "[fixed]\nrank = 8\n" + RANK,
