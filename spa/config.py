@@ -135,7 +135,8 @@ class OptimConfig:
     precise_bn: bool = setting(
         True, "after each training phase, recompute the BatchNorm statistics over the training data (eval transforms)"
     )
-    # 6: on the printed-digits backbone, lr 0.01 cosine, step 0 is converged for both learners (issue 10).
+    # 6: on the printed-digits backbone step 0 reaches val >= 0.95 for both learners on seeds 0-2; 12 epochs gain
+    # 0.9 (fine-tuning) and 1.9 (SPLoRA) points of mean val, 1-2 images of 72 (issue 10).
     epochs: int = setting(6, "training epochs before pruning")
     recovery_epochs: int = setting(1, "recovery epochs after each pruning step")
 
