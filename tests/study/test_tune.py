@@ -147,7 +147,7 @@ def test_smoke_study_is_recorded_in_mlflow_and_optuna(tmp_path, backbone_cache, 
         assert (params["epochs"], params["steps"], params["batch_size"], params["max_score_batches"]) == (
             "1",
             "1",
-            "64",
+            "32",
             "2",
         )
         assert params["threads"] == "1" and params["device"] == "cpu" and params["cache_dir"] == backbone_cache
@@ -211,7 +211,7 @@ def test_failing_trial_is_recorded_and_the_study_goes_on(tmp_path, backbone_cach
 
 
 def test_a_study_whose_every_trial_failed_exits_1_with_one_line(tmp_path, backbone_cache, ray_cluster, capsys) -> None:
-    space = write_space(tmp_path, "hopeless", DIVERGING_SPACE.replace("[0.05, 1e8]", "[1e8, 1e9]"))
+    space = write_space(tmp_path, "hopeless", DIVERGING_SPACE.replace("[0.01, 1e8]", "[1e8, 1e9]"))
     assert main(["--space", str(space), "--smoke", "--sampler", "random", *common(tmp_path, backbone_cache)]) == 1
     err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error: ")]
     assert err == [err[0]] and err[0].startswith(
