@@ -31,12 +31,16 @@ __all__ = [
     "LR_SCHEDULES",
     "PRETRAINED_DIGITS",
     "NAMED_WEIGHTS",
+    "COMPILE_BACKENDS",
 ]
 
 LEARNERS = ("finetune", "splora")
 CRITERIA_NAMES = ("weight", "grad", "taylor", "lrp")
 OPTIMIZERS = ("sgd", "adamw")
 LR_SCHEDULES = ("step", "cosine", "constant")
+# torch.compile backends a run may ask for: inductor generates code (what a GPU study wants); aot_eager traces the
+# same forward and backward graphs without generating code (seconds, not minutes, on a CPU: what tests use).
+COMPILE_BACKENDS = ("inductor", "aot_eager")
 PRETRAINED_DIGITS = "pretrained-digits"  # the backbone spa.pretrain trains once on printed digits and caches
 NAMED_WEIGHTS = ("imagenet", "none", PRETRAINED_DIGITS)  # what ModelConfig.weights may name besides a file
 
@@ -65,7 +69,11 @@ class DataConfig:
     download: bool = setting(False, "allow torchvision to download the dataset")
     val_fraction: float = setting(0.1, "share of the training data held out as val")
     batch_size: int = setting(32, "batch size")
-    num_workers: int = setting(0, "data loader workers")
+    num_workers: int | None = setting(
+        None,
+        "data loader workers",
+        default_text="cpus - 1 for sets read from image files on a GPU, else 0 (spa.loader_settings)",
+    )
 
     def __post_init__(self) -> None:
         _require(
@@ -75,7 +83,12 @@ class DataConfig:
             "a number in (0, 1)",
         )
         _require(is_int(self.batch_size) and self.batch_size >= 1, "batch_size", self.batch_size, "an integer >= 1")
-        _require(is_int(self.num_workers) and self.num_workers >= 0, "num_workers", self.num_workers, "an integer >= 0")
+        _require(
+            self.num_workers is None or (is_int(self.num_workers) and self.num_workers >= 0),
+            "num_workers",
+            self.num_workers,
+            "an integer >= 0 or None",
+        )
 
 
 @dataclass(frozen=True)
@@ -216,6 +229,10 @@ class RuntimeConfig:
     device: str = setting("auto", "auto, cpu, cuda or cuda:N")
     threads: int | None = setting(None, "torch CPU threads", default_text="torch's choice")
     bf16: bool = setting(False, "bf16 autocast on CUDA")
+    compile: bool = setting(
+        False, "torch.compile the training step, afresh in every training phase (pruning changes the shapes)"
+    )
+    compile_backend: str = setting("inductor", "torch.compile backend", choices=COMPILE_BACKENDS)
     deterministic: bool = setting(False, "deterministic algorithms")
     cache_dir: str | None = setting(None, "cache for pretrained backbones", default_text="~/.cache/spa")
 
@@ -226,6 +243,13 @@ class RuntimeConfig:
             "device",
             self.device,
             "auto, cpu, cuda, cuda:N",
+        )
+        _require(isinstance(self.compile, bool), "compile", self.compile, "true or false")
+        _require(
+            self.compile_backend in COMPILE_BACKENDS,
+            "compile_backend",
+            self.compile_backend,
+            ", ".join(COMPILE_BACKENDS),
         )
         _require(
             self.threads is None or (is_int(self.threads) and self.threads >= 1),

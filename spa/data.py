@@ -45,6 +45,7 @@ from torchvision import transforms as T
 
 from spa.digits import DigitsDataset, digits_splits
 from spa.digits import rendered_digits as _rendered_digits  # noqa: F401  (tests clear its cache through here)
+from spa.sampling import SeededOrder, SeededSamples
 from spa.sources import PRINTED_DIGITS, printed_digits_splits
 from spa.splits import (
     IMAGENET_MEAN,
@@ -74,6 +75,7 @@ __all__ = [
     "dataset_names",
     "uses_cifar_stem",
     "input_size",
+    "reads_image_files",
     "default_data_dir",
     "load_splits",
     "make_loaders",
@@ -272,6 +274,12 @@ def input_size(name: str) -> tuple[int, int, int]:
     return _INFOS[name].input_size
 
 
+def reads_image_files(name: str) -> bool:
+    """Whether dataset ``name`` is decoded from an image file per sample (the 224 px sets), rather than held in
+    memory: what decides whether its loaders want worker processes (``spa.loader_settings``)."""
+    return input_size(name)[1:] == IMAGEFOLDER_INPUT_SIZE[1:]
+
+
 def load_splits(
     name: str,
     *,
@@ -304,25 +312,34 @@ def load_splits(
 
 
 def make_loaders(
-    splits: Splits, *, batch_size: int, num_workers: int = 0, seed: int = 0, pin_memory: bool = False
+    splits: Splits,
+    *,
+    batch_size: int,
+    num_workers: int = 0,
+    seed: int = 0,
+    pin_memory: bool = False,
+    persistent_workers: bool | None = None,
 ) -> Loaders:
-    """Loaders for the three splits.
+    """Loaders for the three splits (``persistent_workers``: default ``num_workers > 0``).
 
-    train: shuffled by a ``seed``-ed generator (the same seed gives the same order, epoch after epoch); its last
+    train: shuffled by a ``seed``-ed generator (re-seeded to the same seed, the same order and draws); its last
     batch is dropped only when it would hold a single sample, since BatchNorm cannot train on a batch of one.
-    val / test: in order, every sample kept.
+    val / test: in order, every sample kept. The training order and every sample's augmentation are the same with
+    any number of workers, persistent or not (``spa.sampling``).
     """
     if not (is_int(batch_size) and batch_size >= 1):
         raise DataError(f"batch_size={batch_size!r} is not allowed; allowed: an integer >= 1")
-    common = dict(num_workers=num_workers, pin_memory=pin_memory, persistent_workers=num_workers > 0)
+    persistent = num_workers > 0 if persistent_workers is None else persistent_workers and num_workers > 0
+    common = dict(num_workers=num_workers, pin_memory=pin_memory, persistent_workers=persistent)
     n_train = len(splits.train)  # type: ignore[arg-type]
     lone_last = n_train > 1 and batch_size > 1 and n_train % batch_size == 1
+    generator = torch.Generator().manual_seed(seed)
     train = DataLoader(
-        splits.train,
+        SeededSamples(splits.train),
         batch_size=batch_size,
-        shuffle=True,
+        sampler=SeededOrder(n_train, generator),
         drop_last=lone_last,
-        generator=torch.Generator().manual_seed(seed),
+        generator=generator,
         **common,
     )
     val = DataLoader(splits.val, batch_size=batch_size, shuffle=False, drop_last=False, **common)
@@ -330,7 +347,14 @@ def make_loaders(
     return Loaders(train=train, val=val, test=test, info=splits.info)
 
 
-def score_loader(splits: Splits, *, batch_size: int, num_workers: int = 0, pin_memory: bool = False) -> DataLoader:
+def score_loader(
+    splits: Splits,
+    *,
+    batch_size: int,
+    num_workers: int = 0,
+    pin_memory: bool = False,
+    persistent_workers: bool = False,
+) -> DataLoader:
     """One deterministic pass over the training samples: eval transforms, in order, every sample kept.
 
     For channel scoring, which should not depend on augmentation draws or shuffle order.
@@ -344,4 +368,5 @@ def score_loader(splits: Splits, *, batch_size: int, num_workers: int = 0, pin_m
         drop_last=False,
         num_workers=num_workers,
         pin_memory=pin_memory,
+        persistent_workers=persistent_workers and num_workers > 0,
     )

@@ -11,6 +11,7 @@ metrics of an uninterrupted one. The engine (optimizer, epochs, evaluation) live
 
 from __future__ import annotations
 
+import dataclasses
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -29,7 +30,8 @@ from spa.config import PRETRAINED_DIGITS, ExperimentConfig, RuntimeConfig
 from spa.criteria import score_channels
 from spa.cuda_only import check_cuda_only
 from spa.data import Loaders, load_splits, make_loaders, score_loader
-from spa.metrics import EXTRA_METRIC_NAMES, METRIC_NAMES
+from spa.loader_settings import available_cpus, loader_settings
+from spa.metrics import COST_METRIC_NAMES, EXTRA_METRIC_NAMES, METRIC_NAMES
 from spa.models import build_resnet
 from spa.pretrain import PretrainConfig, pretrained_backbone
 from spa.pruning import prune_to_density
@@ -38,6 +40,7 @@ from spa.training import (
     NonFiniteLossError,
     build_optimizer,
     build_scheduler,
+    compile_for_training,
     evaluate,
     phase_seed,
     recompute_batchnorm_statistics,
@@ -51,6 +54,7 @@ __all__ = [
     "Report",
     "METRIC_NAMES",
     "EXTRA_METRIC_NAMES",
+    "COST_METRIC_NAMES",
     "run_experiment",
     "pruning_densities",
     "build_model",
@@ -111,11 +115,16 @@ def run_experiment(
     device = resolve_device(config.runtime.device)
     check_cuda_only(device, bf16=config.runtime.bf16)  # bf16 autocast exists on CUDA only: say so, not run fp32
     densities = pruning_densities(config)
+    # Before seeding: pretraining a backbone that is not cached yet draws from the global RNG, and the run on a cold
+    # cache would then initialise its adapters differently from every later run.
+    weights = _weights_path(config)
     _prepare_runtime(config.runtime)
+    if device.type == "cuda":  # a reused Tune actor ran other trials before: the peak is this run's
+        torch.cuda.reset_peak_memory_stats(device)
     loaders, scoring_loader = _load_data(config, device)
     start_step, history, state = _resume_point(resume_from)
     info = loaders.info
-    model = build_model(config, info.num_classes, info.cifar_stem, weights=_weights_path(config))
+    model = build_model(config, info.num_classes, info.cifar_stem, weights=weights)
     reference_channels = counting.conv_channels(model)
     _restore(model, state, device)
 
@@ -131,14 +140,14 @@ def run_experiment(
             log=log or _silent,
         )
         if start_step == 0:
-            loss = _train(setting, model, step=0, epochs=config.optim.epochs)
-            _finish_step(setting, model, history, step=0, density=1.0, loss=loss, pruned_accuracy=None)
+            trained = _train(setting, model, step=0, epochs=config.optim.epochs)
+            _finish_step(setting, model, history, step=0, density=1.0, trained=trained, pruned_accuracy=None)
         for step in range(max(start_step, 1), len(densities) + 1):
             density = densities[step - 1]
             pruned_accuracy = _prune(setting, model, density)
-            loss = _train(setting, model, step=step, epochs=config.optim.recovery_epochs)
+            trained = _train(setting, model, step=step, epochs=config.optim.recovery_epochs)
             _finish_step(
-                setting, model, history, step=step, density=density, loss=loss, pruned_accuracy=pruned_accuracy
+                setting, model, history, step=step, density=density, trained=trained, pruned_accuracy=pruned_accuracy
             )
     return history
 
@@ -163,11 +172,13 @@ def _load_data(config: ExperimentConfig, device: torch.device) -> tuple[Loaders,
     )
     if device.type == "cuda" and data.dataset in gpu_data.SUPPORTED:  # held and augmented on the GPU
         return gpu_data.device_loaders(splits, batch_size=data.batch_size, seed=seed, device=device)
-    loaders = make_loaders(
-        splits, batch_size=data.batch_size, num_workers=data.num_workers, seed=seed, pin_memory=device.type == "cuda"
-    )
-    # Channels are ranked on the training samples with eval transforms, in order: no augmentation noise.
-    return loaders, score_loader(splits, batch_size=data.batch_size, num_workers=data.num_workers)
+    cpus = config.runtime.threads or available_cpus()  # a study pins threads to the trial's cpus_per_trial
+    kwargs = dataclasses.asdict(loader_settings(device.type, cpus, data.dataset, num_workers=data.num_workers))
+    loaders = make_loaders(splits, batch_size=data.batch_size, seed=seed, **kwargs)
+    # Channels are ranked on the training samples with eval transforms, in order: no augmentation noise. One pass
+    # per pruning step: workers that persisted would sit idle in between.
+    kwargs["persistent_workers"] = False
+    return loaders, score_loader(splits, batch_size=data.batch_size, **kwargs)
 
 
 def _resume_point(resume_from: str | Path | None) -> tuple[int, list[dict[str, float]], dict[str, Any] | None]:
@@ -217,9 +228,17 @@ def _checkpoint_directory(checkpoint_root: str | Path | None) -> Iterator[Path]:
         yield Path(temporary)
 
 
-def _train(setting: _Setting, model: nn.Module, *, step: int, epochs: int) -> float:
-    """Train ``epochs`` epochs with a fresh optimizer and LR schedule (stepped per batch), then recompute the
-    BatchNorm statistics if ``precise_bn``; returns the last epoch's mean loss."""
+@dataclass(frozen=True)
+class _Trained:
+    """What a training phase reports: its last epoch's mean loss and the seconds of its compiled first step."""
+
+    loss: float
+    compile_s: float
+
+
+def _train(setting: _Setting, model: nn.Module, *, step: int, epochs: int) -> _Trained:
+    """Train ``epochs`` epochs with a fresh optimizer and LR schedule (stepped per batch; and, with ``compile``, a
+    fresh compile), then recompute the BatchNorm statistics if ``precise_bn``."""
     optim, runtime = setting.config.optim, setting.config.runtime
     optimizer = build_optimizer(
         model,
@@ -231,17 +250,29 @@ def _train(setting: _Setting, model: nn.Module, *, step: int, epochs: int) -> fl
     )
     train = setting.loaders.train
     scheduler = build_scheduler(optimizer, optim.lr_schedule, epochs, steps_per_epoch=len(train))  # per batch
+    trained = compile_for_training(model, runtime.compile_backend) if runtime.compile and epochs else model
+    first_steps: list[float] = []  # the compiled first step of the phase: compile time plus one step
     loss = float("nan")
     for epoch in range(epochs):
         started = time.perf_counter()
         seed = phase_seed(runtime.seed, step, epoch)
+        on_first_step = first_steps.append if runtime.compile and epoch == 0 else None
         loss = train_one_epoch(
-            model, train, optimizer, setting.device, seed=seed, bf16=runtime.bf16, scheduler=scheduler
+            trained,
+            train,
+            optimizer,
+            setting.device,
+            seed=seed,
+            bf16=runtime.bf16,
+            on_first_step=on_first_step,
+            scheduler=scheduler,
         )
         setting.log(f"step {step} epoch {epoch + 1}/{epochs}: loss {loss:.4f} ({time.perf_counter() - started:.1f}s)")
+    if first_steps:
+        setting.log(f"step {step}: compiled in {first_steps[0]:.1f}s (the first step, compile included)")
     if epochs > 0 and optim.precise_bn:
         recompute_batchnorm_statistics(model, setting.scoring_loader, setting.device)
-    return loss
+    return _Trained(loss=loss, compile_s=sum(first_steps))
 
 
 def _prune(setting: _Setting, model: nn.Module, density: float) -> float:
@@ -269,14 +300,14 @@ def _finish_step(
     *,
     step: int,
     density: float,
-    loss: float,
+    trained: _Trained,
     pruned_accuracy: float | None,
 ) -> None:
     """Measure the step, append it to ``history``, checkpoint it and report it."""
-    trained = setting.config.optim.epochs if step == 0 else setting.config.optim.recovery_epochs
-    epoch = (int(history[-1]["epoch"]) if history else 0) + trained
+    epochs = setting.config.optim.epochs if step == 0 else setting.config.optim.recovery_epochs
+    epoch = (int(history[-1]["epoch"]) if history else 0) + epochs
     metrics = _measure(
-        setting, model, step=step, density=density, loss=loss, epoch=epoch, pruned_accuracy=pruned_accuracy
+        setting, model, step=step, density=density, trained=trained, epoch=epoch, pruned_accuracy=pruned_accuracy
     )
     history.append(metrics)
     directory = setting.checkpoints / f"step_{step:03d}"
@@ -295,11 +326,11 @@ def _measure(
     *,
     step: int,
     density: float,
-    loss: float,
+    trained: _Trained,
     epoch: int,
     pruned_accuracy: float | None,
 ) -> dict[str, float]:
-    """One row of ``METRIC_NAMES`` + ``EXTRA_METRIC_NAMES`` for the model as it is now."""
+    """One row of ``METRIC_NAMES`` + ``EXTRA_METRIC_NAMES`` + ``COST_METRIC_NAMES`` for the model as it is now."""
     loaders, device = setting.loaders, setting.device
     val_accuracy = evaluate(model, loaders.val, device)
     counts = {
@@ -315,7 +346,9 @@ def _measure(
         "test_accuracy": evaluate(model, loaders.test, device),
         **counts,
         "epoch": epoch,
-        "train_loss": loss,
+        "train_loss": trained.loss,
         # Before recovery training; at step 0 nothing was pruned, so it is the trained accuracy itself.
         "val_accuracy_pruned": val_accuracy if pruned_accuracy is None else pruned_accuracy,
+        "compile_s": trained.compile_s,
+        "peak_gpu_mib": torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else 0.0,
     }

@@ -7,6 +7,11 @@ backward is the frozen network's input gradient plus the gradient of the centre 
 ``dW_c = sum over (n, h, w) of g[n, :, h, w] x[n, :, h*s, w*s]^T`` (out x in), from which ``dA = B^T dW_c`` and
 ``dB = dW_c A^T`` follow. The frozen kernel gets no gradient.
 
+Not faster on the CPU: ``dA`` and ``dB`` straight from the rank, ``dA = (B^T g) x_s^T`` and ``dB = g (A x_s)^T`` as
+batched matrix products (``2 r (in + out)`` multiply-adds per pixel instead of ``in * out``). Faster than oneDNN's
+1x1 weight gradient alone at most ResNet-18 shapes, but no gain in the whole training step could be shown side by
+side (3 repeats, medians 1.32 against 1.27 over the floor; benchmarks/README.md, issue 14).
+
 Why the centre tap is a 1x1 conv: with padding k // 2 and stride s, output pixel (h, w) sees input pixel
 (h*s, w*s) through the centre tap, which is exactly a 1x1 conv of stride s and no padding.
 
@@ -68,19 +73,22 @@ class _CentreTapConv2d(torch.autograd.Function):
         # Under autocast the forward ran in a lower precision; the backward runs outside it, so cast here.
         dtype = grad_output.dtype
         x_c, adapted_c = x.to(dtype), adapted.to(dtype)
-        grad_x, grad_weight, grad_bias = torch.ops.aten.convolution_backward(
-            grad_output,
-            x_c,
-            adapted_c,
-            [adapted.shape[0]] if ctx.has_bias else None,
-            ctx.stride,
-            ctx.padding,
-            (1, 1),
-            False,
-            (0, 0),
-            1,
-            (need_x, need_weight, need_bias and ctx.has_bias),
-        )
+        grad_x = grad_weight = grad_bias = None
+        mask = (need_x, need_weight, need_bias and ctx.has_bias)
+        if any(mask):  # the stem's input needs no gradient: with a frozen base, nothing here is asked for
+            grad_x, grad_weight, grad_bias = torch.ops.aten.convolution_backward(
+                grad_output,
+                x_c,
+                adapted_c,
+                [adapted.shape[0]] if ctx.has_bias else None,
+                ctx.stride,
+                ctx.padding,
+                (1, 1),
+                False,
+                (0, 0),
+                1,
+                mask,
+            )
         grad_a = grad_b = None
         if need_a or need_b:
             k = adapted.shape[-1]

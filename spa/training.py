@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
@@ -29,6 +30,7 @@ __all__ = [
     "build_optimizer",
     "build_scheduler",
     "autocast",
+    "compile_for_training",
     "train_one_epoch",
     "recompute_batchnorm_statistics",
     "evaluate",
@@ -132,6 +134,18 @@ def autocast(device: torch.device, bf16: bool) -> AbstractContextManager[Any]:
     return nullcontext()
 
 
+def compile_for_training(model: nn.Module, backend: str) -> nn.Module:
+    """``torch.compile(model)`` with an empty compile cache, for one training phase.
+
+    Compiled code is cached per forward method and guarded on the shapes it saw; the network loses channels at every
+    pruning step, so each phase would recompile anyway, and past ``torch._dynamo.config.recompile_limit`` (8)
+    recompilations torch silently falls back to eager. Emptying the cache first makes every phase one clean compile.
+    The wrapper shares ``model``'s parameters: the optimizer, evaluation, scoring (LRP) and checkpoints use ``model``.
+    """
+    torch.compiler.reset()
+    return torch.compile(model, backend=backend)
+
+
 def _to_device(images: torch.Tensor, labels: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     images = images.to(device, non_blocking=True)
     if device.type == "cuda":
@@ -156,6 +170,7 @@ def train_one_epoch(
     seed: int,
     bf16: bool = False,
     check_every: int | None = None,
+    on_first_step: Callable[[float], None] | None = None,
     scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
 ) -> float:
     """One pass over ``loader``; returns the mean training loss. Raises ``NonFiniteLossError`` on divergence.
@@ -169,6 +184,9 @@ def train_one_epoch(
     infinity propagate through addition), so divergence is still caught: at most ``check_every - 1`` further steps
     run on a diverged model, and the epoch raises before the experiment evaluates or checkpoints that step. A read
     comes before its batch's optimizer step, so with ``check_every=1`` a diverged batch never updates the model.
+
+    ``on_first_step(seconds)`` is called with the wall time of the first batch's step (the device synchronised):
+    for a compiled model, the compile time plus one step.
     """
     if check_every is None:
         check_every = CHECK_EVERY if device.type == "cuda" else 1
@@ -179,8 +197,11 @@ def train_one_epoch(
     loss_fn = nn.CrossEntropyLoss()
     total = torch.zeros((), dtype=torch.float64, device=device)  # sum of loss * batch size, on the device
     count, checked, batch_index = 0, 0, -1
+    started = 0.0
     for batch_index, (images, labels) in enumerate(loader):
         images, labels = _to_device(images, labels, device)
+        if batch_index == 0:
+            started = time.perf_counter()
         with autocast(device, bf16):
             loss = loss_fn(model(images), labels)
         total += loss.detach().double() * labels.shape[0]  # no .item(): stays queued on the device
@@ -191,6 +212,10 @@ def train_one_epoch(
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        if batch_index == 0 and on_first_step is not None:
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            on_first_step(time.perf_counter() - started)
         if scheduler is not None:
             scheduler.step()
     if checked <= batch_index:

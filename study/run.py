@@ -22,7 +22,16 @@ from study.plan import max_final_step, space_values
 from study.settings import MANIFEST, MLFLOW_DB, OPTUNA_DB, StudySettings, UsageError, write_manifest
 from study.spaces import SearchSpace
 
-__all__ = ["INTERRUPTED", "run_study", "connect", "check_resources", "build_tuner", "summarize"]
+__all__ = [
+    "INTERRUPTED",
+    "run_study",
+    "connect",
+    "check_resources",
+    "trial_resources",
+    "trial_trainable",
+    "build_tuner",
+    "summarize",
+]
 
 INTERRUPTED = 130  # the shell's status for Ctrl-C
 
@@ -100,6 +109,24 @@ def check_resources(nodes: Sequence[dict[str, float]], settings: StudySettings) 
     return settings.max_concurrent or max(1, fits)
 
 
+def trial_resources(settings: StudySettings) -> dict[str, float]:
+    """What Tune reserves for each trial: its CPUs and its (possibly fractional, ``--gpus-per-trial 0.5``) GPUs.
+
+    Ray places fractional trials on one GPU and sets each one's ``CUDA_VISIBLE_DEVICES`` to it; they share its
+    memory with no limit between them (benchmarks/gpu_check.sh measures two at 0.5).
+    """
+    return {"cpu": settings.cpus_per_trial, "gpu": settings.gpus_per_trial}
+
+
+def trial_trainable(settings: StudySettings) -> Any:
+    """The study's trainable with its resources attached, as the tuner gets it."""
+    from ray import tune
+
+    from study.trainable import run_trial
+
+    return tune.with_resources(run_trial, trial_resources(settings))
+
+
 def pretrain(space: SearchSpace, settings: StudySettings) -> None:
     """Train the digits backbone once, here, before trials start: trials never race to train it."""
     if PRETRAINED_DIGITS not in space_values(space, "weights"):
@@ -134,9 +161,8 @@ def build_tuner(settings: StudySettings, space: SearchSpace, max_concurrent: int
 
     from study.ray_internals import restored_search_alg
     from study.schedulers import make_scheduler
-    from study.trainable import run_trial
 
-    trainable = tune.with_resources(run_trial, {"cpu": settings.cpus_per_trial, "gpu": settings.gpus_per_trial})
+    trainable = trial_trainable(settings)
     study_dir = settings.study_dir
     if resume:
         tuner = tune.Tuner.restore(

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
 import uuid
 from dataclasses import dataclass
@@ -35,6 +36,7 @@ __all__ = [
     "OPTUNA_DB",
     "MLFLOW_DB",
     "check_flags",
+    "shares_gpus_evenly",
     "given_settings",
     "new_settings",
     "resumed_settings",
@@ -151,6 +153,17 @@ def _tracking_uri(text: str) -> str:
     return text
 
 
+def shares_gpus_evenly(gpus: float) -> bool:
+    """Whether ``gpus`` per trial is 0, whole, or 1/k of a GPU: a fraction such as 0.3 seats three trials on a GPU
+    and leaves a tenth of it idle (and 0.4 two, leaving a fifth), and Ray refuses fractions above 1 outright."""
+    if not (isinstance(gpus, (int, float)) and math.isfinite(gpus) and gpus >= 0):
+        return False
+    if gpus == 0 or float(gpus).is_integer():
+        return True
+    share = round(1 / gpus)
+    return gpus < 1 and share >= 2 and abs(share * gpus - 1) < 1e-3  # 0.3333 for a third: Ray keeps 4 decimals
+
+
 def _optuna_storage(text: str) -> str:
     """An RDB URL for Optuna, ``sqlite:///relative.db`` made absolute (as ``--tracking-uri``)."""
     if text.startswith("sqlite:///") and not text.startswith("sqlite:////"):
@@ -179,8 +192,11 @@ def check_flags(args: argparse.Namespace) -> None:
     ):
         if value is not None and value < low:
             raise UsageError(f"{flag} {value} is not allowed; allowed: an integer >= {low}")
-    if args.gpus_per_trial is not None and not args.gpus_per_trial >= 0:
-        raise UsageError(f"--gpus-per-trial {args.gpus_per_trial} is not allowed; allowed: a number >= 0")
+    if args.gpus_per_trial is not None and not shares_gpus_evenly(args.gpus_per_trial):
+        raise UsageError(
+            f"--gpus-per-trial {args.gpus_per_trial:g} is not allowed; allowed: 0, a whole number, or 1/k for a whole "
+            "k >= 2 (0.5, 0.25, 0.2, ...: k trials share one GPU and leave no slice of it idle)"
+        )
     if args.weights is not None and args.weights not in NAMED_WEIGHTS and not Path(args.weights).expanduser().is_file():
         raise UsageError(f"--weights {args.weights!r} is not a file nor one of {', '.join(NAMED_WEIGHTS)}")
     if args.data_dir is not None and not Path(args.data_dir).expanduser().is_dir():

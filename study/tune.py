@@ -106,7 +106,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--cpus-per-trial", type=int, default=None, help="CPUs (and torch threads) per trial (default: 1)"
     )
     resources.add_argument(
-        "--gpus-per-trial", type=float, default=None, help="GPUs per trial, may be fractional (default: 0)"
+        "--gpus-per-trial",
+        type=float,
+        default=None,
+        help="GPUs per trial: 0, whole, or 1/k for k trials sharing a GPU, e.g. 0.5 (default: 0)",
     )
     resources.add_argument(
         "--max-concurrent",

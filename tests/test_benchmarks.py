@@ -18,7 +18,9 @@ import pytest
 import torch
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
-SCRIPTS = ("adapter_step", "pruned_inference", "criteria_cost", "claim", "gpu", "harness_scale", "search_quality")
+SCRIPTS = (
+    "adapter_step", "pruned_inference", "criteria_cost", "claim", "gpu", "shared_gpu", "harness_scale", "search_quality"
+)  # fmt: skip
 
 
 def load(name: str) -> ModuleType:
@@ -254,6 +256,21 @@ def test_gpu_throughput_helpers() -> None:
     assert gpu.last_line(figures).startswith("end_to_end_over_model_only=0.90 splora_over_finetune=1.50 ")
 
 
+def test_shared_gpu_reads_trial_spans_and_their_overlap() -> None:
+    shared = load("shared_gpu")
+    rows = [
+        {"timestamp": 110.0, "time_this_iter_s": 10.0, "peak_gpu_mib": 300.0},
+        {"timestamp": 130.0, "time_this_iter_s": 20.0, "peak_gpu_mib": 420.5},
+    ]
+    span = shared.trial_span("trial-000", rows)
+    assert (span.start, span.end, span.peak_gpu_mib) == (100.0, 130.0, 420.5)
+    later = shared.TrialSpan("trial-001", 125.0, 150.0, 0.0)
+    after = shared.TrialSpan("trial-002", 130.0, 150.0, 0.0)
+    assert shared.overlapped([span, later])
+    assert not shared.overlapped([span, after])  # one ended as the other began: never at once
+    assert not shared.overlapped([])
+
+
 def test_gpu_measurement_runs_on_cpu_tensors() -> None:
     """Every code path of gpu.py's measurement, at toy size on the CPU (main refuses without CUDA)."""
     gpu = load("gpu")
@@ -332,9 +349,10 @@ def test_every_script_has_help() -> None:
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA GPU")
-def test_gpu_without_cuda_exits_2_with_one_line() -> None:
+@pytest.mark.parametrize("script", ["gpu", "shared_gpu"])
+def test_gpu_without_cuda_exits_2_with_one_line(script: str) -> None:
     result = subprocess.run(
-        [sys.executable, str(BENCHMARKS / "gpu.py")], capture_output=True, text=True, timeout=120, check=False
+        [sys.executable, str(BENCHMARKS / f"{script}.py")], capture_output=True, text=True, timeout=120, check=False
     )
     assert result.returncode == 2
     assert result.stdout == ""

@@ -47,6 +47,8 @@ ORIGINAL_FLAGS = {
     "--bf16": (["--bf16"], {"bf16": True}),
     "--deterministic": (["--deterministic"], {"deterministic": True}),
     "--num-workers": (["--num-workers", "2"], {"num_workers": 2}),
+    "--compile": (["--compile"], {"compile": True}),
+    "--compile-backend": (["--compile-backend", "aot_eager"], {"compile_backend": "aot_eager"}),
     "--cache-dir": (["--cache-dir", "/cache"], {"cache_dir": "/cache"}),
 }
 
@@ -59,7 +61,7 @@ ORIGINAL_DEFAULTS = {
     "download": False,
     "val_fraction": 0.1,
     "batch_size": 32,
-    "num_workers": 0,
+    "num_workers": None,  # the original's 0 on a CPU; cpus - 1 for image files on a GPU (spa.loader_settings)
     "arch": "resnet18",
     "weights": "pretrained-digits",
     "learner": "finetune",
@@ -85,6 +87,8 @@ ORIGINAL_DEFAULTS = {
     "device": "auto",
     "threads": None,
     "bf16": False,
+    "compile": False,
+    "compile_backend": "inductor",
     "deterministic": False,
     "cache_dir": None,
 }

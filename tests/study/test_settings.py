@@ -13,7 +13,7 @@ import torch
 from torchvision import models as tv_models
 
 from study.plan import plan
-from study.settings import MANIFEST, StudySettings, UsageError, check_flags, write_manifest
+from study.settings import MANIFEST, StudySettings, UsageError, check_flags, shares_gpus_evenly, write_manifest
 from study.tune import build_parser
 
 
@@ -125,7 +125,11 @@ def test_max_failures_defaults_by_where_the_driver_runs(workdir: Path, monkeypat
         (("--space", "s", "--name", "a/b"), "--name 'a/b' is not allowed"),
         (("--space", "s", "--num-samples", "0"), "--num-samples 0 is not allowed; allowed: an integer >= 1"),
         (("--space", "s", "--max-failures", "-1"), "--max-failures -1 is not allowed; allowed: an integer >= 0"),
-        (("--space", "s", "--gpus-per-trial", "-1"), "--gpus-per-trial -1.0 is not allowed"),
+        (("--space", "s", "--gpus-per-trial", "-1"), "--gpus-per-trial -1 is not allowed"),
+        (("--space", "s", "--gpus-per-trial", "0.3"), "--gpus-per-trial 0.3 is not allowed; allowed: 0, a whole"),
+        (("--space", "s", "--gpus-per-trial", "0.4"), "--gpus-per-trial 0.4 is not allowed"),
+        (("--space", "s", "--gpus-per-trial", "1.5"), "--gpus-per-trial 1.5 is not allowed"),
+        (("--space", "s", "--gpus-per-trial", "nan"), "--gpus-per-trial nan is not allowed"),
         (("--space", "s", "--weights", "missing.pt"), "--weights 'missing.pt' is not a file nor one of imagenet"),
         (("--space", "s", "--data-dir", "nowhere"), "--data-dir 'nowhere' does not exist"),
         (("--space", "s", "--tracking-uri", "mlruns"), "--tracking-uri 'mlruns': MLflow"),
@@ -134,6 +138,15 @@ def test_max_failures_defaults_by_where_the_driver_runs(workdir: Path, monkeypat
 def test_every_flag_is_checked_in_one_place(workdir: Path, argv: tuple[str, ...], message: str) -> None:
     with pytest.raises(UsageError, match=message):
         check_flags(args(*argv))
+
+
+@pytest.mark.parametrize(
+    ("gpus", "allowed"),
+    [(0, True), (0.5, True), (0.25, True), (0.2, True), (0.125, True), (0.3333, True), (1, True), (2.0, True),
+     (0.3, False), (0.4, False), (0.75, False), (1.5, False), (0.33, False), (-0.5, False), (float("inf"), False)],
+)  # fmt: skip
+def test_a_gpu_is_shared_by_a_whole_number_of_trials(gpus: float, allowed: bool) -> None:
+    assert shares_gpus_evenly(gpus) is allowed
 
 
 def test_an_optuna_storage_url_is_kept_resumed_and_a_taken_name_refused(workdir: Path) -> None:

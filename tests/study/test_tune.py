@@ -21,6 +21,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from study.run import check_resources as _check_resources
+from study.run import trial_trainable as _trial_trainable
 from study.settings import StudySettings, UsageError
 from study.tune import build_parser, main
 
@@ -313,6 +314,8 @@ BAD_INPUTS = {
     "unknown space": lambda tmp: ["--space", "no_such_space"],
     "malformed space file": lambda tmp: ["--space", str(write_space(tmp, "broken", BROKEN_SPACE))],
     "gpu on a GPU-less cluster": lambda tmp: ["--space", "splora_lrp", "--smoke", "--gpus-per-trial", "1"],
+    "half a gpu on a GPU-less cluster": lambda tmp: ["--space", "splora_lrp", "--smoke", "--gpus-per-trial", "0.5"],
+    "a gpu share leaving a slice idle": lambda tmp: ["--space", "splora_lrp", "--smoke", "--gpus-per-trial", "0.3"],
     "more CPUs than the cluster": lambda tmp: ["--space", "splora_lrp", "--smoke", "--cpus-per-trial", "3"],
     "missing data dir": lambda tmp: ["--space", "splora_lrp", "--smoke", "--data-dir", str(tmp / "nowhere")],
     "resume of nothing": lambda tmp: ["--space", "splora_lrp", "--smoke", "--resume"],
@@ -519,6 +522,24 @@ def test_resources_are_checked_per_node_and_set_the_concurrency() -> None:
         _check_resources(two_nodes, settings(5))  # 6 CPUs in all, but no node has 5
     with pytest.raises(UsageError, match="GPUs"):
         _check_resources(two_nodes, settings(1, gpus=2))
+
+
+@pytest.mark.parametrize(("cpus", "gpus"), [(1, 0.0), (2, 0.5), (3, 0.25), (4, 1.0)])
+def test_tune_reserves_each_trial_its_cpus_and_its_share_of_a_gpu(cpus: int, gpus: float) -> None:
+    from ray.tune.execution.placement_groups import PlacementGroupFactory
+
+    settings = StudySettings(
+        space="s", name="n", storage_path="/x", num_samples=4, max_concurrent=None, cpus_per_trial=cpus,
+        gpus_per_trial=gpus, sampler="tpe", seed=0, scheduler="fifo", dataset=None, data_dir=None, arch=None,
+        weights=None, cache_dir="/c", tracking_uri="sqlite:////x.db", experiment_name="n", smoke=False,
+    )  # fmt: skip
+    request = _trial_trainable(settings)._resources  # what Tune's trial runner asks Ray to place
+    assert isinstance(request, PlacementGroupFactory)
+    assert request.bundles == [{"CPU": float(cpus), "GPU": gpus}] if gpus else [{"CPU": float(cpus)}]
+    assert request.required_resources == ({"CPU": cpus, "GPU": gpus} if gpus else {"CPU": cpus})
+    # Two trials at 0.5 fit one GPU, four at 0.25; the driver's concurrency agrees with Ray's placement.
+    one_gpu_node = [{"CPU": 16.0, "GPU": 1.0}]
+    assert _check_resources(one_gpu_node, settings) == (min(16 // cpus, int(1 / gpus)) if gpus else 16 // cpus)
 
 
 def test_uri_storage_keeps_trials_at_the_uri_and_driver_state_local(tmp_path, backbone_cache, ray_cluster) -> None:
