@@ -10,7 +10,9 @@ Two parts, one run:
    training) through Ray Tune with the project's searcher (``StudySearcher``, random sampler) and tracking callback
    (``StudyTracker``: MLflow in SQLite, fronts rewritten at every trial end), at each size in ``--trials``. Driver
    time per trial = wall time of ``Tuner.fit`` / trials. The event loop's longest stall is the longest gap between
-   two calls of a callback's ``on_step_begin`` (Tune calls it once per loop iteration, on the driver).
+   two calls of a callback's ``on_step_begin`` (Tune calls it once per loop iteration, on the driver); the tracker's
+   hooks are timed, so the part of that stall spent in our code shows. ``--untracked-baseline`` runs each study
+   again without the tracker: Tune's own stalls and time per trial, side by side.
 
 Last line: ``front_update_s_20000=.. driver_s_per_trial_100=.. driver_s_per_trial_1000=..`` (front_frame's time
 after the change; the sizes given by ``--points`` and ``--trials``).
@@ -145,8 +147,11 @@ def null_trial(config: dict, null_steps: int) -> None:
         )
 
 
-def driver_seconds(trials: int, steps: int, concurrency: int, workdir: Path, seed: int) -> tuple[float, float]:
-    """(wall seconds of Tuner.fit, longest gap between two event-loop iterations) for a study of null trials."""
+def driver_seconds(
+    trials: int, steps: int, concurrency: int, workdir: Path, seed: int, *, tracked: bool = True
+) -> tuple[float, LoopGaps]:
+    """(wall seconds of Tuner.fit, the event loop's gaps) for a study of null trials; ``tracked=False`` leaves the
+    tracker out (Tune and the searcher alone: the stalls that are Tune's own)."""
     import optuna
     from ray import tune
 
@@ -154,7 +159,7 @@ def driver_seconds(trials: int, steps: int, concurrency: int, workdir: Path, see
     from study.spaces import load_space
     from study.tracking import StudyTracker
 
-    name = f"scale-{trials}"
+    name = f"scale-{trials}" + ("" if tracked else "-untracked")
     space_path = workdir / "null.toml"
     space_path.write_text(SPACE)
     space = load_space(str(space_path))
@@ -179,6 +184,8 @@ def driver_seconds(trials: int, steps: int, concurrency: int, workdir: Path, see
         tags={},
     )
     loop = LoopGaps()
+    if tracked:
+        loop.time_hooks(tracker)
     tuner = tune.Tuner(
         tune.with_resources(tune.with_parameters(null_trial, null_steps=steps), {"cpu": 2 / concurrency}),
         tune_config=tune.TuneConfig(
@@ -187,27 +194,50 @@ def driver_seconds(trials: int, steps: int, concurrency: int, workdir: Path, see
             reuse_actors=True,
         ),
         run_config=tune.RunConfig(
-            name=name, storage_path=str(workdir / "ray_results"), callbacks=[tracker, loop], verbose=0
+            name=name,
+            storage_path=str(workdir / "ray_results"),
+            callbacks=[tracker, loop] if tracked else [loop],
+            verbose=0,
         ),
     )
     started = time.perf_counter()
     tuner.fit()
-    return time.perf_counter() - started, loop.longest
+    return time.perf_counter() - started, loop
 
 
 class LoopGaps(Callback):
-    """Keeps the longest time between two event-loop iterations on the driver (Tune calls on_step_begin once per
-    iteration)."""
+    """The longest time between two event-loop iterations on the driver (Tune calls on_step_begin once per
+    iteration), and how much of it the timed callback's hooks took: the rest of a stall is Tune's own work (trial
+    actors, its experiment-state save) or the machine's load."""
 
     def __init__(self) -> None:
         self.last: float | None = None
         self.longest = 0.0
+        self.hooks_in_longest = 0.0  # seconds the timed hooks ran inside the longest gap
+        self._hooks_since_last = 0.0
+
+    def time_hooks(self, callback: Callback) -> None:
+        """Wrap ``callback``'s Tune hooks (on the instance) so their time counts toward the gap they fall in."""
+        for name in [n for n in dir(callback) if n.startswith("on_") or n == "get_state"]:
+            hook = getattr(callback, name)
+            if callable(hook):
+                setattr(callback, name, self._timed(hook))
+
+    def _timed(self, hook):
+        def timed(*args, **kwargs):
+            started = time.perf_counter()
+            try:
+                return hook(*args, **kwargs)
+            finally:
+                self._hooks_since_last += time.perf_counter() - started
+
+        return timed
 
     def on_step_begin(self, iteration, trials, **info) -> None:
         now = time.perf_counter()
-        if self.last is not None:
-            self.longest = max(self.longest, now - self.last)
-        self.last = now
+        if self.last is not None and now - self.last > self.longest:
+            self.longest, self.hooks_in_longest = now - self.last, self._hooks_since_last
+        self.last, self._hooks_since_last = now, 0.0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -223,6 +253,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=19, help="pruning steps per null trial (default: 19)")
     parser.add_argument("--concurrency", type=int, default=4, help="null trials at once (default: 4)")
     parser.add_argument("--seed", type=int, default=0, help="sampler seed (default: 0)")
+    parser.add_argument(
+        "--untracked-baseline",
+        action="store_true",
+        help="also run each study without the tracker, so Tune's own stalls and time per trial show (default: off)",
+    )
     parser.add_argument(
         "--quick",
         action="store_true",
@@ -248,11 +283,21 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with tempfile.TemporaryDirectory(prefix="spa-scale-") as temporary:
             for trials in args.trials:
-                seconds, stall = driver_seconds(trials, args.steps, args.concurrency, Path(temporary), args.seed)
+                seconds, loop = driver_seconds(trials, args.steps, args.concurrency, Path(temporary), args.seed)
                 figures[f"driver_s_per_trial_{trials}"] = seconds / trials
-                figures[f"longest_stall_s_{trials}"] = stall
+                figures[f"longest_stall_s_{trials}"] = loop.longest
+                figures[f"tracker_s_in_longest_stall_{trials}"] = loop.hooks_in_longest
                 print(f"{trials} null trials x {args.steps + 1} reports: {seconds:.1f} s, {seconds / trials:.3f} "
-                      f"s/trial, longest event-loop gap {stall:.2f} s", file=sys.stderr, flush=True)  # fmt: skip
+                      f"s/trial, longest event-loop gap {loop.longest:.2f} s ({loop.hooks_in_longest:.2f} s of it in "
+                      "the tracker)", file=sys.stderr, flush=True)  # fmt: skip
+                if args.untracked_baseline:
+                    seconds, loop = driver_seconds(
+                        trials, args.steps, args.concurrency, Path(temporary), args.seed, tracked=False
+                    )
+                    figures[f"untracked_s_per_trial_{trials}"] = seconds / trials
+                    figures[f"untracked_longest_stall_s_{trials}"] = loop.longest
+                    print(f"  without the tracker: {seconds / trials:.3f} s/trial, longest event-loop gap "
+                          f"{loop.longest:.2f} s", file=sys.stderr, flush=True)  # fmt: skip
     finally:
         ray.shutdown()
 

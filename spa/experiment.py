@@ -43,6 +43,7 @@ from spa.training import (
     compile_for_training,
     evaluate,
     phase_seed,
+    recompute_batchnorm_statistics,
     resolve_device,
     seed_everything,
     train_one_epoch,
@@ -236,12 +237,19 @@ class _Trained:
 
 
 def _train(setting: _Setting, model: nn.Module, *, step: int, epochs: int) -> _Trained:
-    """Train ``epochs`` epochs with a fresh optimizer and LR schedule (and, with ``compile``, a fresh compile)."""
+    """Train ``epochs`` epochs with a fresh optimizer and LR schedule (stepped per batch; and, with ``compile``, a
+    fresh compile), then recompute the BatchNorm statistics if ``precise_bn``."""
     optim, runtime = setting.config.optim, setting.config.runtime
     optimizer = build_optimizer(
-        model, optim.optimizer, lr=optim.lr, momentum=optim.momentum, weight_decay=optim.weight_decay
+        model,
+        optim.optimizer,
+        lr=optim.lr,
+        momentum=optim.momentum,
+        weight_decay=optim.weight_decay,
+        adapter_lr_ratio=optim.adapter_lr_ratio,
     )
-    scheduler = build_scheduler(optimizer, optim.lr_schedule, epochs)
+    train = setting.loaders.train
+    scheduler = build_scheduler(optimizer, optim.lr_schedule, epochs, steps_per_epoch=len(train))  # per batch
     trained = compile_for_training(model, runtime.compile_backend) if runtime.compile and epochs else model
     first_steps: list[float] = []  # the compiled first step of the phase: compile time plus one step
     loss = float("nan")
@@ -251,17 +259,19 @@ def _train(setting: _Setting, model: nn.Module, *, step: int, epochs: int) -> _T
         on_first_step = first_steps.append if runtime.compile and epoch == 0 else None
         loss = train_one_epoch(
             trained,
-            setting.loaders.train,
+            train,
             optimizer,
             setting.device,
             seed=seed,
             bf16=runtime.bf16,
             on_first_step=on_first_step,
+            scheduler=scheduler,
         )
-        scheduler.step()
         setting.log(f"step {step} epoch {epoch + 1}/{epochs}: loss {loss:.4f} ({time.perf_counter() - started:.1f}s)")
     if first_steps:
         setting.log(f"step {step}: compiled in {first_steps[0]:.1f}s (the first step, compile included)")
+    if epochs > 0 and optim.precise_bn:
+        recompute_batchnorm_statistics(model, setting.scoring_loader, setting.device)
     return _Trained(loss=loss, compile_s=sum(first_steps))
 
 

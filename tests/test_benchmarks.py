@@ -304,6 +304,27 @@ def test_harness_scale_helpers() -> None:
     assert scale.book_add_seconds(points, last=100) > 0
 
 
+def test_harness_scale_loop_gaps_count_the_timed_hooks_inside_the_longest_gap() -> None:
+    import time
+
+    from ray.tune import Callback
+
+    class Slow(Callback):
+        def on_trial_result(self, *args, **kwargs) -> None:
+            time.sleep(0.2)
+
+    scale = load("harness_scale")
+    loop, slow = scale.LoopGaps(), Slow()
+    loop.time_hooks(slow)
+    loop.on_step_begin(0, [])
+    time.sleep(0.05)  # a short gap with no hook in it
+    loop.on_step_begin(1, [])
+    slow.on_trial_result(1, [], None, {})  # the long gap: 0.2 s of it in the hook
+    loop.on_step_begin(2, [])
+    assert 0.2 <= loop.longest < 0.2 + 0.15
+    assert 0.2 <= loop.hooks_in_longest <= loop.longest
+
+
 def test_search_quality_helpers() -> None:
     import numpy as np
     import pandas as pd

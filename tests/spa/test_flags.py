@@ -53,7 +53,8 @@ ORIGINAL_FLAGS = {
 }
 
 # The original parser's defaults (no flags at all): fine-pruning, both phases; the budget is the embedded task's
-# (cosine, 6 epochs since issue 10; the original script's StepLR and 3 epochs left the transfer under-trained).
+# (cosine, 6 epochs since issue 10; the original script's StepLR and 3 epochs left the transfer under-trained), and
+# two settings the original script did not have (issue 10): SPLoRA's adapters at 100x the lr, precise BatchNorm.
 ORIGINAL_DEFAULTS = {
     "dataset": "digits",
     "data_dir": None,
@@ -68,9 +69,11 @@ ORIGINAL_DEFAULTS = {
     "init_range": 1e-3,
     "optimizer": "sgd",
     "lr": 0.01,
+    "adapter_lr_ratio": 100.0,
     "momentum": 0.9,
     "weight_decay": 5e-4,
     "lr_schedule": "cosine",
+    "precise_bn": True,
     "epochs": 6,
     "recovery_epochs": 1,
     "criterion": "lrp",

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from spa import experiment, training
+from spa import adapters, experiment, training
 from spa.training import (
     NonFiniteLossError,
     autocast,
@@ -68,6 +68,38 @@ def test_build_optimizer_learns_only_what_requires_grad() -> None:
     with pytest.raises(ConfigError) as caught:
         build_optimizer(model, "adam", lr=0.1, momentum=0.0, weight_decay=0.0)
     assert (caught.value.field, caught.value.allowed) == ("optimizer", "sgd, adamw")
+
+
+def test_sgd_gives_the_adapter_factors_their_own_learning_rate() -> None:
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4))
+    adapters.add_splora(model, rank=2, init_range=1e-3, head="none")
+    conv = model[0]
+    sgd = build_optimizer(model, "sgd", lr=0.01, momentum=0.9, weight_decay=0.0, adapter_lr_ratio=100.0)
+    rest, factors = sgd.param_groups
+    assert rest["lr"] == 0.01 and {id(p) for p in rest["params"]} == {id(p) for p in model[1].parameters()}
+    assert factors["lr"] == pytest.approx(1.0)
+    assert [id(p) for p in factors["params"]] == [id(conv.lora_a.weight), id(conv.lora_b.weight)]
+    # AdamW sizes each step by the parameter's own gradient: one group, the ratio ignored.
+    adamw = build_optimizer(model, "adamw", lr=0.01, momentum=0.9, weight_decay=0.0, adapter_lr_ratio=100.0)
+    assert [group["lr"] for group in adamw.param_groups] == [0.01]
+    # Fine-tuning has no factors: one group at lr.
+    plain = build_optimizer(two_layer_model(), "sgd", lr=0.1, momentum=0.0, weight_decay=0.0, adapter_lr_ratio=100.0)
+    assert [group["lr"] for group in plain.param_groups] == [0.1]
+
+
+def test_recompute_batchnorm_statistics_averages_one_pass_with_the_final_weights() -> None:
+    torch.manual_seed(0)
+    norm = nn.BatchNorm2d(2, momentum=0.3)
+    model = nn.Sequential(norm, nn.Dropout(0.5))
+    norm.running_mean.fill_(5.0)  # stale statistics, as training leaves them
+    batches = [torch.randn(4, 2, 3, 3) * 2 + 1 for _ in range(3)]  # equal batches: the cumulative mean is exact
+    loader = [(x, torch.zeros(4, dtype=torch.int64)) for x in batches]
+    training.recompute_batchnorm_statistics(model, loader, torch.device("cpu"))
+    expected_mean = torch.stack([x.mean((0, 2, 3)) for x in batches]).mean(0)
+    expected_var = torch.stack([x.var((0, 2, 3), unbiased=True) for x in batches]).mean(0)
+    assert torch.allclose(norm.running_mean, expected_mean, atol=1e-6)
+    assert torch.allclose(norm.running_var, expected_var, atol=1e-5)
+    assert norm.momentum == 0.3 and not model.training and not norm.training
 
 
 def learning_rates(name: str, epochs: int) -> list[float]:

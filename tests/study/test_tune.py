@@ -148,7 +148,7 @@ def test_smoke_study_is_recorded_in_mlflow_and_optuna(tmp_path, backbone_cache, 
         assert (params["epochs"], params["steps"], params["batch_size"], params["max_score_batches"]) == (
             "1",
             "1",
-            "64",
+            "32",
             "2",
         )
         assert params["threads"] == "1" and params["device"] == "cpu" and params["cache_dir"] == backbone_cache
@@ -158,6 +158,8 @@ def test_smoke_study_is_recorded_in_mlflow_and_optuna(tmp_path, backbone_cache, 
             assert [step for step, _ in history(client, run, key)] == [0, 1], (run.info.run_name, key)
         assert history(client, run, "density")[0][1] == 1.0
     assert_front_tags(children)
+    # The smoke budget still learns the task (chance is 0.2): its best trial clears the shipped floor (issue 10).
+    assert max(final_values(run)[0] for run in children) >= 0.6, [final_values(run) for run in children]
 
     trials = optuna_trials(tmp_path, "splora_lrp-smoke")
     assert [trial.state for trial in trials] == [optuna.trial.TrialState.COMPLETE] * 3
@@ -178,21 +180,21 @@ criterion = "weight"
 rank = 4
 [params.lr]
 type = "categorical"
-choices = [0.05, 1e8]
+choices = [0.01, 1e8]
 """
 
 
 def test_failing_trial_is_recorded_and_the_study_goes_on(tmp_path, backbone_cache, ray_cluster, capsys) -> None:
     space = write_space(tmp_path, "diverging", DIVERGING_SPACE)
-    # With the random sampler and seed 0 the two trials draw lr=1e8 and lr=0.05.
+    # With the random sampler and seed 0 the two trials draw lr=1e8 and lr=0.01.
     args = ["--space", str(space), "--smoke", "--sampler", "random", "--seed", "0", *common(tmp_path, backbone_cache)]
     assert main(args) == 0
     assert "study 'diverging-smoke': 1 of 2 trials failed; the first: NonFiniteLossError" in capsys.readouterr().out
 
     client, parent, children, _ = runs_of(tmp_path, "diverging-smoke")
     by_lr = {run.data.params["lr"]: run for run in children}
-    assert set(by_lr) == {"0.05", "100000000.0"}, "the seed no longer draws both learning rates"
-    failed, finished = by_lr["100000000.0"], by_lr["0.05"]
+    assert set(by_lr) == {"0.01", "100000000.0"}, "the seed no longer draws both learning rates"
+    failed, finished = by_lr["100000000.0"], by_lr["0.01"]
     assert failed.info.status == "FAILED"
     assert failed.data.tags["error"].startswith("NonFiniteLossError: training loss became")
     assert "\n" not in failed.data.tags["error"]
@@ -203,14 +205,14 @@ def test_failing_trial_is_recorded_and_the_study_goes_on(tmp_path, backbone_cach
     trials = {trial.params["lr"]: trial for trial in optuna_trials(tmp_path, "diverging-smoke")}
     assert trials[1e8].state == optuna.trial.TrialState.FAIL and trials[1e8].values is None
     assert trials[1e8].user_attrs["failed_because"]
-    assert trials[0.05].state == optuna.trial.TrialState.COMPLETE
+    assert trials[0.01].state == optuna.trial.TrialState.COMPLETE
     assert_optuna_matches_mlflow(list(trials.values()), children)
     front = pd.read_csv(tmp_path / "runs" / "diverging-smoke" / "pareto_front.csv")
     assert list(front["run_name"]) == [finished.info.run_name]
 
 
 def test_a_study_whose_every_trial_failed_exits_1_with_one_line(tmp_path, backbone_cache, ray_cluster, capsys) -> None:
-    space = write_space(tmp_path, "hopeless", DIVERGING_SPACE.replace("[0.05, 1e8]", "[1e8, 1e9]"))
+    space = write_space(tmp_path, "hopeless", DIVERGING_SPACE.replace("[0.01, 1e8]", "[1e8, 1e9]"))
     assert main(["--space", str(space), "--smoke", "--sampler", "random", *common(tmp_path, backbone_cache)]) == 1
     err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error: ")]
     assert err == [err[0]] and err[0].startswith(
