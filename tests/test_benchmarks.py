@@ -19,7 +19,8 @@ import torch
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 SCRIPTS = (
-    "adapter_step", "pruned_inference", "criteria_cost", "claim", "gpu", "shared_gpu", "harness_scale", "search_quality"
+    "adapter_step", "pruned_inference", "criteria_cost", "claim", "convergence", "gpu", "shared_gpu", "harness_scale",
+    "search_quality",
 )  # fmt: skip
 
 
@@ -197,6 +198,42 @@ def test_mean_std() -> None:
     assert mean == 3.0 and math.isnan(std)
     with pytest.raises(ValueError):
         claim.mean_std([])
+
+
+# --- convergence.py: step-0 accuracy at the default and the doubled epochs -------------------------------------------
+
+
+def test_convergence_summary_pairs_seeds_and_measures_noise() -> None:
+    convergence = load("convergence")
+    rows = [
+        {"learner": "splora", "seed": 0, "epochs": 6, "val_accuracy": 0.95, "test_accuracy": 0.90},
+        {"learner": "splora", "seed": 1, "epochs": 6, "val_accuracy": 0.97, "test_accuracy": 0.94},
+        {"learner": "splora", "seed": 0, "epochs": 12, "val_accuracy": 0.96, "test_accuracy": 0.90},
+        {"learner": "splora", "seed": 1, "epochs": 12, "val_accuracy": 1.00, "test_accuracy": 0.96},
+        {"learner": "splora", "seed": 2, "epochs": 12, "val_accuracy": 0.10, "test_accuracy": 0.10},  # unpaired
+        {"learner": "finetune", "seed": 0, "epochs": 6, "val_accuracy": 0.99, "test_accuracy": 0.98},
+    ]
+    summary = convergence.summarise(rows, epochs=6, longer=12, n_val=100, n_test=50)
+    splora = summary["splora"]
+    assert splora["val_min"] == 0.95 and splora["val_mean"] == pytest.approx(0.96)
+    assert splora["val_std"] == pytest.approx(100 * statistics.stdev([0.95, 0.97]))
+    assert splora["test_mean"] == pytest.approx(0.92)
+    # sqrt(0.96 * 0.04 / 100) = 0.019596 -> 1.9596 points; sqrt(0.92 * 0.08 / 50) = 0.03837 -> 3.837.
+    assert splora["val_binomial_std"] == pytest.approx(1.9596, abs=1e-4)
+    assert splora["test_binomial_std"] == pytest.approx(3.8367, abs=1e-4)
+    # Paired gains, seeds 0 and 1 only: val +1 and +3 points, test 0 and +2.
+    assert splora["val_gain"] == pytest.approx(2.0) and splora["val_gain_se"] == pytest.approx(1.0)
+    assert splora["test_gain"] == pytest.approx(1.0) and splora["test_gain_se"] == pytest.approx(1.0)
+    finetune = summary["finetune"]  # one seed, no longer run: no std, no gain
+    assert finetune["val_min"] == 0.99 and math.isnan(finetune["val_std"]) and math.isnan(finetune["val_gain"])
+    line = convergence.last_line(convergence.headline(summary))
+    assert line == (
+        "step0_val_min_splora=0.950 step0_val_min_finetune=0.990 doubling_gain_splora=2.000 doubling_gain_finetune=nan"
+    )
+    with pytest.raises(ValueError, match="no finetune run at the default 6 epochs"):
+        convergence.summarise([{**rows[-1], "epochs": 12}], epochs=6, longer=12, n_val=100, n_test=50)
+    with pytest.raises(ValueError, match="n >= 1"):
+        convergence.binomial_std(0.5, 0)
 
 
 # --- ratios and last lines --------------------------------------------------------------------------------------

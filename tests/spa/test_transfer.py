@@ -2,9 +2,9 @@
 
 A study's front should measure what pruning costs, not how long a trial trained: with every default (the
 ``pretrained-digits`` backbone transferred to handwritten digits 5-9, the default epochs, learning rates and
-schedule), step 0 must already be a converged transfer. SPLoRA runs on three seeds: before its adapters had a
-learning rate of their own it reached 0.95 on seed 0 only (issue 10). Slow-ish: four default trainings on one
-thread, about 80 CPU-seconds.
+schedule), step 0 must already be a converged transfer (issue 10). One seed per learner, what CI affords: two
+default trainings on one thread, about 40 CPU-seconds. ``benchmarks/convergence.py`` checks three seeds per learner
+and what doubling the epochs gains.
 """
 
 from __future__ import annotations
@@ -15,10 +15,10 @@ from spa.config import ExperimentConfig
 from spa.experiment import run_experiment
 
 
-@pytest.mark.parametrize(("learner", "seed"), [("finetune", 0), ("splora", 0), ("splora", 1), ("splora", 2)])
-def test_default_transfer_is_converged_at_step_0(learner: str, seed: int, spa_cache_dir: str) -> None:
+@pytest.mark.parametrize("learner", ["finetune", "splora"])
+def test_default_transfer_is_converged_at_step_0(learner: str, spa_cache_dir: str) -> None:
     config = ExperimentConfig.from_flat(
-        {"learner": learner, "seed": seed, "steps": 0, "threads": 1, "cache_dir": spa_cache_dir}
+        {"learner": learner, "seed": 0, "steps": 0, "threads": 1, "cache_dir": spa_cache_dir}
     )
     (step0,) = run_experiment(config)
     assert step0["step"] == 0 and step0["density"] == 1.0 and step0["epoch"] == config.optim.epochs
