@@ -141,7 +141,8 @@ class OptimConfig:
     # the gradient, and training grows them (largest squared singular values, rank 8 on digits: median A 0.47 ->
     # 1.8, B 8e-5 -> 2.2, up to 15 and 33), so at 100 the recovery restarts with a ~10x (up to ~100x) larger
     # effective step than step 0 began with; at 10% density it wrecked the network (train loss back to ln 5,
-    # val 0.29-0.39 on seed 0), and neither a warm-up nor 2x the recovery epochs helped (issue 10).
+    # val 0.29-0.39 on seed 0), and neither a warm-up nor 2x the recovery epochs helped. At 10 it keeps val
+    # 0.92-0.96 there on seeds 0-2; at 3, 0.83-0.93 (issue 10, benchmarks/README.md's claim.py section).
     recovery_adapter_lr_ratio: float = setting(
         10.0, "with SGD, SPLoRA's adapter factors learn at lr * this in each recovery phase"
     )
