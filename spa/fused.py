@@ -10,8 +10,8 @@ backward is the frozen network's input gradient plus the gradient of the centre 
 On the CPU the factors' gradients skip ``dW_c`` altogether (``low_rank_gradients``): ``dA = (B^T g) x_s^T`` and
 ``dB = g (A x_s)^T`` as batched matrix products of rank r, ``2 r (in + out)`` multiply-adds per pixel instead of
 ``in * out``. oneDNN's 1x1 weight gradient costs far more inside a training step than alone (profiled, ResNet-18
-batch 32: about 0.3 of the floor's whole conv backward, against 0.1 from its multiply-adds), and the step with it
-measured 1.17-1.25x the floor against 1.06-1.10x with the batched products (benchmarks/README.md, issue 14). On
+batch 32: +107 ms on a 298 ms floor step, against about 23 ms alone); side by side, the step with it measured 1.19x
+the floor against 1.12x with the batched products (CPU seconds, 1 thread; benchmarks/README.md, issue 14). On
 CUDA the 1x1 weight gradient stays with cuDNN until a GPU measures the other.
 
 Why the centre tap is a 1x1 conv: with padding k // 2 and stride s, output pixel (h, w) sees input pixel
