@@ -22,14 +22,19 @@ def add_timing_flags(
     parser.add_argument("--warmup", type=int, default=warmup, help=f"untimed rounds first (default: {warmup})")
 
 
-def round_robin(calls: dict[str, Callable[[], object]], rounds: int, warmup: int) -> dict[str, list[float]]:
-    """Seconds of each call per round; every round runs every call once, in turn, so noise hits all alike."""
+def round_robin(
+    calls: dict[str, Callable[[], object]], rounds: int, warmup: int, clock: Callable[[], float] = time.perf_counter
+) -> dict[str, list[float]]:
+    """Seconds of each call per round; every round runs every call once, in turn, so noise hits all alike.
+
+    ``clock``: wall time by default; ``time.process_time`` counts only this process's CPU seconds (all its threads),
+    which a loaded machine inflates far less, since time spent waiting for a core is not counted."""
     times: dict[str, list[float]] = {name: [] for name in calls}
     for round_index in range(warmup + rounds):
         for name, call in calls.items():
-            start = time.perf_counter()
+            start = clock()
             call()
-            elapsed = time.perf_counter() - start
+            elapsed = clock() - start
             if round_index >= warmup:
                 times[name].append(elapsed)
     return times

@@ -134,7 +134,18 @@ class OptimConfig:
     # lr * g x^T A^T A, and A^T A is a rank-r projection scaled by |A's rows|^2 ~ 1/3 (kaiming init), so at one
     # lr the adapters barely learn while a higher lr for everything makes the fresh head diverge. At 100 SPLoRA
     # rank 8 converges in the default 6 epochs; at 300 it diverges (issue 10, benchmarks/README.md).
-    adapter_lr_ratio: float = setting(100.0, "with SGD, SPLoRA's adapter factors learn at lr * adapter_lr_ratio")
+    adapter_lr_ratio: float = setting(
+        100.0, "with SGD, SPLoRA's adapter factors learn at lr * adapter_lr_ratio (in the step-0 transfer)"
+    )
+    # A lower ratio after each pruning step: a step on the factors moves B @ A by about lr * (|A|^2 + |B|^2) times
+    # the gradient, and training grows them (largest squared singular values, rank 8 on digits: median A 0.47 ->
+    # 1.8, B 8e-5 -> 2.2, up to 15 and 33), so at 100 the recovery restarts with a ~10x (up to ~100x) larger
+    # effective step than step 0 began with; at 10% density it wrecked the network (train loss back to ln 5,
+    # val 0.29-0.39 on seed 0), and neither a warm-up nor 2x the recovery epochs helped. At 10 it keeps val
+    # 0.92-0.96 there on seeds 0-2; at 3, 0.83-0.93 (issue 10, benchmarks/README.md's claim.py section).
+    recovery_adapter_lr_ratio: float = setting(
+        10.0, "with SGD, SPLoRA's adapter factors learn at lr * this in each recovery phase"
+    )
     momentum: float = setting(0.9, "SGD momentum")
     weight_decay: float = setting(5e-4, "weight decay")
     # cosine, not the original code's step (StepLR(max(1, epochs // 4), gamma 0.2)): that schedule is made for 30
@@ -160,6 +171,12 @@ class OptimConfig:
             is_finite_number(self.adapter_lr_ratio) and self.adapter_lr_ratio > 0,
             "adapter_lr_ratio",
             self.adapter_lr_ratio,
+            "a finite number > 0",
+        )
+        _require(
+            is_finite_number(self.recovery_adapter_lr_ratio) and self.recovery_adapter_lr_ratio > 0,
+            "recovery_adapter_lr_ratio",
+            self.recovery_adapter_lr_ratio,
             "a finite number > 0",
         )
         _require(

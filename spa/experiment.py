@@ -237,8 +237,9 @@ class _Trained:
 
 
 def _train(setting: _Setting, model: nn.Module, *, step: int, epochs: int) -> _Trained:
-    """Train ``epochs`` epochs with a fresh optimizer and LR schedule (stepped per batch; and, with ``compile``, a
-    fresh compile), then recompute the BatchNorm statistics if ``precise_bn``."""
+    """Train ``epochs`` epochs with a fresh optimizer (after a pruning step, SPLoRA's factors at
+    ``recovery_adapter_lr_ratio``) and LR schedule (stepped per batch; and, with ``compile``, a fresh compile), then
+    recompute the BatchNorm statistics if ``precise_bn``."""
     optim, runtime = setting.config.optim, setting.config.runtime
     optimizer = build_optimizer(
         model,
@@ -246,7 +247,7 @@ def _train(setting: _Setting, model: nn.Module, *, step: int, epochs: int) -> _T
         lr=optim.lr,
         momentum=optim.momentum,
         weight_decay=optim.weight_decay,
-        adapter_lr_ratio=optim.adapter_lr_ratio,
+        adapter_lr_ratio=optim.adapter_lr_ratio if step == 0 else optim.recovery_adapter_lr_ratio,
     )
     train = setting.loaders.train
     scheduler = build_scheduler(optimizer, optim.lr_schedule, epochs, steps_per_epoch=len(train))  # per batch

@@ -7,10 +7,12 @@ backward is the frozen network's input gradient plus the gradient of the centre 
 ``dW_c = sum over (n, h, w) of g[n, :, h, w] x[n, :, h*s, w*s]^T`` (out x in), from which ``dA = B^T dW_c`` and
 ``dB = dW_c A^T`` follow. The frozen kernel gets no gradient.
 
-Not faster on the CPU: ``dA`` and ``dB`` straight from the rank, ``dA = (B^T g) x_s^T`` and ``dB = g (A x_s)^T`` as
-batched matrix products (``2 r (in + out)`` multiply-adds per pixel instead of ``in * out``). Faster than oneDNN's
-1x1 weight gradient alone at most ResNet-18 shapes, but no gain in the whole training step could be shown side by
-side (3 repeats, medians 1.32 against 1.27 over the floor; benchmarks/README.md, issue 14).
+On the CPU the factors' gradients skip ``dW_c`` altogether (``low_rank_gradients``): ``dA = (B^T g) x_s^T`` and
+``dB = g (A x_s)^T`` as batched matrix products of rank r, ``2 r (in + out)`` multiply-adds per pixel instead of
+``in * out``. oneDNN's 1x1 weight gradient costs far more inside a training step than alone (profiled, ResNet-18
+batch 32: +107 ms on a 298 ms floor step, against about 23 ms alone); side by side, the step with it measured 1.19x
+the floor against 1.12x with the batched products (CPU seconds, 1 thread; benchmarks/README.md, issue 14). On
+CUDA the 1x1 weight gradient stays with cuDNN until a GPU measures the other.
 
 Why the centre tap is a 1x1 conv: with padding k // 2 and stride s, output pixel (h, w) sees input pixel
 (h*s, w*s) through the centre tap, which is exactly a 1x1 conv of stride s and no padding.
@@ -28,7 +30,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-__all__ = ["applies", "centre_tap_conv2d", "enabled"]
+__all__ = ["applies", "centre_tap_conv2d", "centre_tap_gradient", "enabled", "low_rank_gradients"]
 
 _enabled = True
 
@@ -92,27 +94,13 @@ class _CentreTapConv2d(torch.autograd.Function):
         grad_a = grad_b = None
         if need_a or need_b:
             k = adapted.shape[-1]
-            if grad_weight is not None:
-                centre = grad_weight[:, :, k // 2, k // 2]
-            else:  # the centre tap alone: a 1x1 weight gradient at the same stride, no padding
-                centre = torch.ops.aten.convolution_backward(
-                    grad_output,
-                    x_c,
-                    adapted_c[:, :, k // 2 : k // 2 + 1, k // 2 : k // 2 + 1],
-                    None,
-                    ctx.stride,
-                    (0, 0),
-                    (1, 1),
-                    False,
-                    (0, 0),
-                    1,
-                    (False, True, False),
-                )[1].flatten(1)
-            centre = centre.to(lora_a.dtype)  # (out, in)
-            if need_a:
-                grad_a = (lora_b.flatten(1).t() @ centre).view_as(lora_a)  # (r, in)
-            if need_b:
-                grad_b = (centre @ lora_a.flatten(1).t()).view_as(lora_b)  # (out, r)
+            if grad_weight is not None:  # the base learns too: its centre tap is dW_c
+                grad_a, grad_b = _factor_gradients(grad_weight[:, :, k // 2, k // 2], lora_a, lora_b)
+            elif x.device.type == "cpu":
+                grad_a, grad_b = low_rank_gradients(grad_output, x_c, lora_a, lora_b, ctx.stride)
+            else:
+                grad_a, grad_b = _factor_gradients(centre_tap_gradient(grad_output, x_c, ctx.stride), lora_a, lora_b)
+            grad_a, grad_b = (grad_a if need_a else None), (grad_b if need_b else None)
         if grad_x is not None:
             grad_x = grad_x.to(x.dtype)
         if grad_weight is not None:
@@ -120,3 +108,42 @@ class _CentreTapConv2d(torch.autograd.Function):
         if grad_bias is not None:
             grad_bias = grad_bias.to(adapted.dtype)
         return grad_x, grad_weight, grad_bias, grad_a, grad_b, None, None
+
+
+def _factor_gradients(
+    centre: torch.Tensor, lora_a: torch.Tensor, lora_b: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``dA = B^T dW_c`` (r, in) and ``dB = dW_c A^T`` (out, r) from the centre tap's gradient ``dW_c`` (out, in)."""
+    centre = centre.to(lora_a.dtype)
+    grad_a = (lora_b.flatten(1).t() @ centre).view_as(lora_a)
+    grad_b = (centre @ lora_a.flatten(1).t()).view_as(lora_b)
+    return grad_a, grad_b
+
+
+def centre_tap_gradient(grad_output: torch.Tensor, x: torch.Tensor, stride: tuple[int, int]) -> torch.Tensor:
+    """``dW_c`` (out, in): the weight gradient of a 1x1 conv of ``stride`` and no padding, from the conv library."""
+    weight = x.new_empty(grad_output.shape[1], x.shape[1], 1, 1)  # only its shape is read
+    return torch.ops.aten.convolution_backward(
+        grad_output, x, weight, None, stride, (0, 0), (1, 1), False, (0, 0), 1, (False, True, False)
+    )[1].flatten(1)
+
+
+def low_rank_gradients(
+    grad_output: torch.Tensor, x: torch.Tensor, lora_a: torch.Tensor, lora_b: torch.Tensor, stride: tuple[int, int]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``dA = sum_n (B^T g_n) x_n^T`` (r, in) and ``dB = sum_n g_n (A x_n)^T`` (out, r), never forming ``dW_c``.
+
+    ``x_n`` is sample n's input at the pixels the centre tap reads, ``x[n, :, ::s, ::s]`` flattened to (in, P),
+    and ``g_n`` its output gradient (out, P).
+    """
+    batch, rank = x.shape[0], lora_a.shape[0]
+    inputs = x[:, :, :: stride[0], :: stride[1]].reshape(batch, x.shape[1], -1)  # (N, in, P)
+    grads = grad_output.reshape(batch, grad_output.shape[1], -1)  # (N, out, P)
+    a, b = lora_a.reshape(rank, -1).to(x.dtype), lora_b.reshape(-1, rank).to(x.dtype)
+    # bmm over the factor expanded (no copy): matmul would fold (N, out, P) into (N * P, out), a transposed copy.
+    projected_grads = torch.bmm(b.t().expand(batch, -1, -1), grads)  # (N, r, P): B^T g
+    projected_inputs = torch.bmm(a.expand(batch, -1, -1), inputs)  # (N, r, P): A x, the two-conv path's lora_a output
+    grad_a = torch.bmm(projected_grads, inputs.transpose(1, 2)).sum(0)  # (r, in)
+    # dB^T = (A x) g^T, (r, out): the long operand on the right reads faster than g (A x)^T (1.6x at ResNet-18 shapes).
+    grad_b = torch.bmm(projected_inputs, grads.transpose(1, 2)).sum(0).t()  # (out, r)
+    return grad_a.to(lora_a.dtype).view_as(lora_a), grad_b.to(lora_b.dtype).reshape(lora_b.shape)

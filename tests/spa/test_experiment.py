@@ -6,10 +6,12 @@ import math
 
 import pytest
 
+from spa import experiment
 from spa.config import ExperimentConfig
 from spa.experiment import METRIC_NAMES, NonFiniteLossError, run_experiment
 from spa.models import build_resnet
 from spa.pruning import channel_groups
+from spa.training import build_optimizer
 
 TINY = {"epochs": 2, "recovery_epochs": 1, "batch_size": 64, "max_score_batches": 3, "threads": 1}
 
@@ -18,12 +20,31 @@ def tiny_config(cache_dir: str, **overrides: object) -> ExperimentConfig:
     return ExperimentConfig.from_flat({**TINY, "cache_dir": cache_dir, **overrides})
 
 
+# The starting learning rate of every optimizer group, per training phase, of the run below.
+PHASE_LRS: list[list[float]] = []
+
+
 @pytest.fixture(scope="module")
 def splora_run(spa_cache_dir: str) -> tuple[ExperimentConfig, list[dict[str, float]], list[str]]:
     config = tiny_config(spa_cache_dir, learner="splora", rank=4, lr=0.05, criterion="lrp", densities=(0.7, 0.4))
     checkpoints: list[str] = []
-    rows = run_experiment(config, lambda metrics, checkpoint: checkpoints.append(checkpoint))
+
+    def recording(*args, **kwargs):
+        optimizer = build_optimizer(*args, **kwargs)
+        PHASE_LRS.append([group["lr"] for group in optimizer.param_groups])
+        return optimizer
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(experiment, "build_optimizer", recording)
+        rows = run_experiment(config, lambda metrics, checkpoint: checkpoints.append(checkpoint))
     return config, rows, checkpoints
+
+
+def test_adapters_recover_at_their_recovery_ratio(splora_run) -> None:
+    # lr 0.05; the factors at 100x it in the transfer, at 10x in each of the two recoveries (OptimConfig says why).
+    _, rows, _ = splora_run
+    assert len(rows) == 3
+    assert [lr for phase in PHASE_LRS for lr in phase] == pytest.approx([0.05, 5.0, 0.05, 0.5, 0.05, 0.5])
 
 
 def test_accuracy_clearly_above_chance_after_training(splora_run) -> None:

@@ -70,6 +70,7 @@ ORIGINAL_DEFAULTS = {
     "optimizer": "sgd",
     "lr": 0.01,
     "adapter_lr_ratio": 100.0,
+    "recovery_adapter_lr_ratio": 10.0,
     "momentum": 0.9,
     "weight_decay": 5e-4,
     "lr_schedule": "cosine",

@@ -93,3 +93,26 @@ def test_a_resnet_step_is_the_same_fused_or_not() -> None:
     torch.testing.assert_close(actual, expected, rtol=1e-4, atol=1e-5)
     for name, grad in expected_grads.items():
         torch.testing.assert_close(model.get_parameter(name).grad, grad, rtol=1e-3, atol=1e-5, msg=name)
+
+
+@pytest.mark.parametrize(("stride", "channels_last"), [(1, False), (2, False), (2, True)])
+def test_low_rank_factor_gradients_equal_those_from_the_centre_tap_gradient(stride: int, channels_last: bool) -> None:
+    """The CPU's rank-space dA, dB (``low_rank_gradients``) against B^T dW_c and dW_c A^T with dW_c from the conv
+    library (the CUDA branch's route), and against an einsum over the sampled pixels."""
+    torch.manual_seed(2)
+    rank, inputs, outputs = 3, 5, 7
+    x = torch.randn(4, inputs, 9, 9, dtype=torch.double)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    size = (9 - 1) // stride + 1
+    grad_output = torch.randn(4, outputs, size, size, dtype=torch.double)
+    lora_a = torch.randn(rank, inputs, 1, 1, dtype=torch.double)
+    lora_b = torch.randn(outputs, rank, 1, 1, dtype=torch.double)
+    grad_a, grad_b = fused.low_rank_gradients(grad_output, x, lora_a, lora_b, (stride, stride))
+    centre = fused.centre_tap_gradient(grad_output, x, (stride, stride))
+    by_hand = torch.einsum("nohw,nihw->oi", grad_output, x[:, :, ::stride, ::stride])
+    torch.testing.assert_close(centre, by_hand)
+    a, b = lora_a.flatten(1), lora_b.flatten(1)
+    assert grad_a.shape == lora_a.shape and grad_b.shape == lora_b.shape
+    torch.testing.assert_close(grad_a.flatten(1), b.t() @ by_hand)
+    torch.testing.assert_close(grad_b.flatten(1), by_hand @ a.t())

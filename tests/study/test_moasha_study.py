@@ -31,6 +31,7 @@ steps = 2
 max_score_batches = 2
 batch_size = 64
 adapter_lr_ratio = 1.0  # one learning rate for everything: the extremes below mean what they say
+recovery_adapter_lr_ratio = 1.0
 [params.rank]
 type = "categorical"
 choices = [2, 32]

@@ -104,7 +104,13 @@ def ended_study(tmp_path_factory) -> Path:
     for trial in (good, stopped, raised, nan):
         tracker.on_step_begin(0, [good, stopped, raised, nan])
         tracker.on_trial_start(0, [trial], trial)
-    report(tracker, good, step_result(0, 1, 0.9, 900.0), step_result(1, 1, 0.8, 300.0))
+    # What the steps cost: a compiled GPU trial reports both, the others (results without them) neither.
+    report(
+        tracker,
+        good,
+        {**step_result(0, 1, 0.9, 900.0), "compile_s": 12.5, "peak_gpu_mib": 420.25},
+        {**step_result(1, 1, 0.8, 300.0), "compile_s": 0.0, "peak_gpu_mib": 431.5},
+    )
     report(tracker, stopped, step_result(0, 2, 0.5, 900.0), step_result(1, 2, 0.1, 300.0))
     tracker.on_trial_complete(0, [], stopped)
     tracker.on_trial_complete(0, [], good)
@@ -155,6 +161,19 @@ def test_each_ending_is_recorded_with_its_status_and_tags(ended_study) -> None:
         "2",
     )
     assert set(FRONT_FILES) <= {f.path for f in client.list_artifacts(parent.info.run_id)}
+
+
+def test_what_each_step_cost_is_logged_where_the_trial_reported_it(ended_study) -> None:
+    client, _, children = runs(ended_study)
+
+    def history(run, key: str) -> list[tuple[int, float]]:
+        return [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, key)]
+
+    good, stopped = children["trial-000"], children["trial-001"]
+    assert history(good, "compile_s") == [(0, 12.5), (1, 0.0)]
+    assert history(good, "peak_gpu_mib") == [(0, 420.25), (1, 431.5)]
+    assert history(stopped, "compile_s") == history(stopped, "peak_gpu_mib") == []
+    assert set(stopped.data.metrics) == set(good.data.metrics) - {"compile_s", "peak_gpu_mib"}
 
 
 def test_the_step_front_counts_every_measured_step_the_trial_front_only_complete_ones(ended_study) -> None:
