@@ -8,14 +8,16 @@ Two parts, one run:
    round-robin; and ``study.front.FrontBook``: the mean time to add one step point to the tracker's book of N.
 2. Driver: a study of null trials (a function trainable that reports ``--steps`` synthetic pruning steps without
    training) through Ray Tune with the project's searcher (``StudySearcher``, random sampler) and tracking callback
-   (``StudyTracker``: MLflow in SQLite, fronts rewritten at every trial end), at each size in ``--trials``. Driver
+   (``StudyTracker``: MLflow in SQLite, fronts rewritten at every trial end) and, as ``study.tune`` does, the
+   driver's heap frozen once set up (``study.driver_heap``), at each size in ``--trials``. Driver
    time per trial = wall time of ``Tuner.fit`` / trials. The event loop's longest stall is the longest gap between
    two calls of a callback's ``on_step_begin`` (Tune calls it once per loop iteration, on the driver); the tracker's
-   hooks are timed, so the part of that stall spent in our code shows. ``--untracked-baseline`` runs each study
+   hooks are timed (``--slow-s`` prints each hook's timings and the stack of any slow call), and so are the garbage
+   collector's pauses, so the part of that stall spent in our code shows. ``--untracked-baseline`` runs each study
    again without the tracker: Tune's own stalls and time per trial, side by side.
 
-Last line: ``front_update_s_20000=.. driver_s_per_trial_100=.. driver_s_per_trial_1000=..`` (front_frame's time
-after the change; the sizes given by ``--points`` and ``--trials``).
+Last line: ``front_update_s_20000=.. driver_s_per_trial_100=.. driver_s_per_trial_1000=.. longest_stall_s_100=..
+longest_stall_s_1000=..`` (front_frame's time after the change; the sizes given by ``--points`` and ``--trials``).
 Goals (issue 12): front update over 20,000 points <= 0.5 s; driver time per trial at 1,000 trials <= 1.5x that at
 100; no event-loop stall > 1 s.
 """
@@ -148,13 +150,15 @@ def null_trial(config: dict, null_steps: int) -> None:
 
 
 def driver_seconds(
-    trials: int, steps: int, concurrency: int, workdir: Path, seed: int, *, tracked: bool = True
+    trials: int, steps: int, concurrency: int, workdir: Path, seed: int, *, tracked: bool = True,
+    slow_s: float | None = None,
 ) -> tuple[float, LoopGaps]:
     """(wall seconds of Tuner.fit, the event loop's gaps) for a study of null trials; ``tracked=False`` leaves the
     tracker out (Tune and the searcher alone: the stalls that are Tune's own)."""
     import optuna
     from ray import tune
 
+    from study.driver_heap import FrozenHeap
     from study.searcher import StudySearch, StudySearcher
     from study.spaces import load_space
     from study.tracking import StudyTracker
@@ -183,7 +187,7 @@ def driver_seconds(
         params={"trials": trials},
         tags={},
     )
-    loop = LoopGaps()
+    loop = LoopGaps(slow_s)
     if tracked:
         loop.time_hooks(tracker)
     tuner = tune.Tuner(
@@ -196,48 +200,121 @@ def driver_seconds(
         run_config=tune.RunConfig(
             name=name,
             storage_path=str(workdir / "ray_results"),
-            callbacks=[tracker, loop] if tracked else [loop],
+            callbacks=[tracker, loop, FrozenHeap()] if tracked else [loop, FrozenHeap()],
             verbose=0,
         ),
     )
     started = time.perf_counter()
-    tuner.fit()
+    try:
+        tuner.fit()
+    finally:
+        loop.stop()
     return time.perf_counter() - started, loop
 
 
 class LoopGaps(Callback):
     """The longest time between two event-loop iterations on the driver (Tune calls on_step_begin once per
     iteration), and how much of it the timed callback's hooks took: the rest of a stall is Tune's own work (trial
-    actors, its experiment-state save) or the machine's load."""
+    actors, its experiment-state save) or the machine's load. Each timed hook's calls are kept (``hook_seconds``),
+    and with ``slow_s`` a watcher thread prints the driver's stack once a hook call has run that long, so a stall
+    names its line."""
 
-    def __init__(self) -> None:
+    def __init__(self, slow_s: float | None = None) -> None:
         self.last: float | None = None
         self.longest = 0.0
         self.hooks_in_longest = 0.0  # seconds the timed hooks ran inside the longest gap
         self._hooks_since_last = 0.0
+        self.hook_seconds: dict[str, list[float]] = {}
+        self.slow_s = slow_s
+        self.slow_stacks: list[str] = []
+        self._current: tuple[str, float, int] | None = None  # (hook, started, thread id) of the call running now
+        self.gc_seconds: dict[int, list[float]] = {}  # by generation: the collector's pauses in the driver
+        self._gc_started = 0.0
+        self.gc_in_longest = 0.0  # seconds of garbage collection inside the longest gap
+        self._gc_since_last = 0.0
+        import gc
+
+        gc.callbacks.append(self._gc)  # until stop()
 
     def time_hooks(self, callback: Callback) -> None:
         """Wrap ``callback``'s Tune hooks (on the instance) so their time counts toward the gap they fall in."""
-        for name in [n for n in dir(callback) if n.startswith("on_") or n == "get_state"]:
+        for name in [n for n in dir(callback) if n.startswith("on_") or n in ("get_state", "setup")]:
             hook = getattr(callback, name)
             if callable(hook):
-                setattr(callback, name, self._timed(hook))
+                setattr(callback, name, self._timed(name, hook))
+        if self.slow_s is not None:
+            import threading
 
-    def _timed(self, hook):
+            threading.Thread(target=self._watch, name="slow-hook-watcher", daemon=True).start()
+
+    def _timed(self, name: str, hook):
+        import threading
+
         def timed(*args, **kwargs):
             started = time.perf_counter()
+            self._current = (name, started, threading.get_ident())
             try:
                 return hook(*args, **kwargs)
             finally:
-                self._hooks_since_last += time.perf_counter() - started
+                self._current = None
+                elapsed = time.perf_counter() - started
+                self._hooks_since_last += elapsed
+                self.hook_seconds.setdefault(name, []).append(elapsed)
 
         return timed
+
+    def _gc(self, phase: str, info: dict) -> None:
+        if phase == "start":
+            self._gc_started = time.perf_counter()
+        else:
+            elapsed = time.perf_counter() - self._gc_started
+            self.gc_seconds.setdefault(info["generation"], []).append(elapsed)
+            self._gc_since_last += elapsed
+
+    def stop(self) -> None:
+        """Stop timing the garbage collector (it is process-wide)."""
+        import gc
+
+        if self._gc in gc.callbacks:
+            gc.callbacks.remove(self._gc)
+
+    def _watch(self) -> None:
+        """Every slow_s / 4, look at the running hook call; past slow_s, keep the driver thread's stack (once)."""
+        import traceback
+
+        seen = None
+        while True:
+            time.sleep(self.slow_s / 4)
+            current = self._current
+            if current is None or current == seen or time.perf_counter() - current[1] < self.slow_s:
+                continue
+            seen = current
+            frame = sys._current_frames().get(current[2])
+            if frame is not None:
+                stack = "".join(traceback.format_stack(frame)[-12:])
+                self.slow_stacks.append(f"{current[0]} running {self.slow_s} s:\n{stack}")
+
+    def hook_summary(self) -> str:
+        """One line per hook: calls, total, median, 99th percentile and maximum seconds."""
+        lines = []
+        for name, values in sorted(self.hook_seconds.items(), key=lambda item: -max(item[1])):
+            ordered = sorted(values)
+            p99 = ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))]
+            lines.append(f"  {name}: {len(values)} calls, {sum(values):.2f} s, median {statistics.median(values):.4f}"
+                         f" s, p99 {p99:.3f} s, max {ordered[-1]:.3f} s")  # fmt: skip
+        for generation, values in sorted(self.gc_seconds.items()):
+            lines.append(f"  garbage collection, generation {generation}: {len(values)} pauses, {sum(values):.2f} s, "
+                         f"max {max(values):.3f} s")  # fmt: skip
+        lines.append(f"  in the longest gap: {self.hooks_in_longest:.3f} s in hooks, {self.gc_in_longest:.3f} s "
+                     "collecting garbage (the two overlap when a collection runs inside a hook)")  # fmt: skip
+        return "\n".join(lines)
 
     def on_step_begin(self, iteration, trials, **info) -> None:
         now = time.perf_counter()
         if self.last is not None and now - self.last > self.longest:
             self.longest, self.hooks_in_longest = now - self.last, self._hooks_since_last
-        self.last, self._hooks_since_last = now, 0.0
+            self.gc_in_longest = self._gc_since_last
+        self.last, self._hooks_since_last, self._gc_since_last = now, 0.0, 0.0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -257,6 +334,13 @@ def main(argv: list[str] | None = None) -> int:
         "--untracked-baseline",
         action="store_true",
         help="also run each study without the tracker, so Tune's own stalls and time per trial show (default: off)",
+    )
+    parser.add_argument(
+        "--slow-s",
+        type=float,
+        default=None,
+        help="print the driver's stack whenever a tracker hook call runs this long, and each hook's timings "
+        "(default: off)",
     )
     parser.add_argument(
         "--quick",
@@ -283,13 +367,17 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with tempfile.TemporaryDirectory(prefix="spa-scale-") as temporary:
             for trials in args.trials:
-                seconds, loop = driver_seconds(trials, args.steps, args.concurrency, Path(temporary), args.seed)
+                seconds, loop = driver_seconds(
+                    trials, args.steps, args.concurrency, Path(temporary), args.seed, slow_s=args.slow_s
+                )
                 figures[f"driver_s_per_trial_{trials}"] = seconds / trials
                 figures[f"longest_stall_s_{trials}"] = loop.longest
                 figures[f"tracker_s_in_longest_stall_{trials}"] = loop.hooks_in_longest
                 print(f"{trials} null trials x {args.steps + 1} reports: {seconds:.1f} s, {seconds / trials:.3f} "
                       f"s/trial, longest event-loop gap {loop.longest:.2f} s ({loop.hooks_in_longest:.2f} s of it in "
                       "the tracker)", file=sys.stderr, flush=True)  # fmt: skip
+                if args.slow_s is not None:
+                    print(loop.hook_summary(), *loop.slow_stacks, sep="\n", file=sys.stderr, flush=True)
                 if args.untracked_baseline:
                     seconds, loop = driver_seconds(
                         trials, args.steps, args.concurrency, Path(temporary), args.seed, tracked=False
@@ -307,6 +395,7 @@ def main(argv: list[str] | None = None) -> int:
     print(" ".join(f"{key}={value:.4g}" for key, value in figures.items() if not key.startswith("front_update")))
     last = [f"front_update_s_{size}={figures[f'after_{size}']:.4f}" for size in args.points[-1:]]
     last += [f"driver_s_per_trial_{trials}={figures[f'driver_s_per_trial_{trials}']:.3f}" for trials in args.trials]
+    last += [f"longest_stall_s_{trials}={figures[f'longest_stall_s_{trials}']:.2f}" for trials in args.trials]
     print(" ".join(last))
     return 0
 

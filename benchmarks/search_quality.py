@@ -14,11 +14,16 @@ value any study saw, plus 0.1). Ratios are of per-seed means; the spread is the 
 
 Last line: ``tpe_over_random=.. gp_over_random=.. moasha_over_fifo=..`` (goal, issue 12: each >= 1.0 in the mean).
 ``--quick``: the smoke budget, 6 trials per study, 2 seeds; a check that it runs, not a measurement.
+``--medium``: 8 trials per study, 3 seeds, on ``medium_space``: the space at one epoch before pruning and one of
+recovery, but 2 to 4 pruning steps, so moasha has rungs at steps 1 and 2 and really stops trials, and the sized
+TPE (2 startup trials) and GP (2) model most of the 8 trials; a floor of 0.3 (chance is 0.2), as one epoch cannot
+reach the real budget's. About 40 min on 2 shared cores; the full budget is about 2 h.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import statistics
 import sys
@@ -35,6 +40,11 @@ from _timing import last_line  # noqa: E402
 
 SAMPLER_ARMS = ("random", "tpe", "gp")
 METRICS = ("val_accuracy", "learned_params")
+# --medium's budget: what it fixes in the space, the searched pruning steps and the floor (see the docstring).
+MEDIUM_FIXED = {"epochs": 1, "recovery_epochs": 1, "max_score_batches": 2}
+MEDIUM_STEPS = (2, 4)
+MEDIUM_MIN_VAL_ACCURACY = 0.3
+MEDIUM_NUM_SAMPLES, MEDIUM_SEEDS = 8, 3
 
 
 # --- pure helpers -------------------------------------------------------------------------------------------------
@@ -89,6 +99,22 @@ def ratio_and_spread(numerator: Sequence[float], denominator: Sequence[float]) -
 def ratios_line(ratios: dict[str, float]) -> str:
     """The last line: the three ratios, in the issue's order."""
     return last_line({name: ratios[name] for name in ("tpe_over_random", "gp_over_random", "moasha_over_fifo")}, 3)
+
+
+def medium_space(space: str, directory: Path) -> Path:
+    """A space file in ``directory`` that extends ``space`` (a name or a file) with --medium's budget."""
+    from study.space_files import toml_text
+
+    data = {
+        "description": f"{space} at search_quality --medium's budget",
+        "fixed": MEDIUM_FIXED,
+        "params": {"steps": {"type": "int", "low": MEDIUM_STEPS[0], "high": MEDIUM_STEPS[1]}},
+        "constraints": {"min_val_accuracy": MEDIUM_MIN_VAL_ACCURACY},
+    }
+    base = str(Path(space).resolve()) if space.endswith(".toml") else space
+    path = directory / "medium.toml"
+    path.write_text(f"extends = {json.dumps(base)}\n" + toml_text(data))
+    return path
 
 
 # --- studies ------------------------------------------------------------------------------------------------------
@@ -146,10 +172,19 @@ def main(argv: list[str] | None = None) -> int:
         "--moasha-extra", type=float, default=1.5, help="moasha's trials as a multiple of fifo's (default: 1.5)"
     )
     parser.add_argument("--cache-dir", default=None, help="backbone cache (default: study.tune's)")
-    parser.add_argument("--quick", action="store_true", help="smoke budget, 6 trials, 2 seeds (default: off)")
+    budget = parser.add_mutually_exclusive_group()
+    budget.add_argument("--quick", action="store_true", help="smoke budget, 6 trials, 2 seeds (default: off)")
+    budget.add_argument(
+        "--medium",
+        action="store_true",
+        help=f"{MEDIUM_NUM_SAMPLES} trials, {MEDIUM_SEEDS} seeds, the space at {MEDIUM_FIXED}, steps "
+        f"{MEDIUM_STEPS[0]}-{MEDIUM_STEPS[1]}, floor {MEDIUM_MIN_VAL_ACCURACY} (default: off)",
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.num_samples, args.seeds = 6, 2
+    if args.medium:
+        args.num_samples, args.seeds = MEDIUM_NUM_SAMPLES, MEDIUM_SEEDS
 
     import logging
 
@@ -164,13 +199,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with tempfile.TemporaryDirectory(prefix="spa-quality-") as temporary:
             root = Path(temporary)
+            space = str(medium_space(args.space, root)) if args.medium else args.space
             for seed in range(args.seeds):
                 arms = [(sampler, "fifo", args.num_samples) for sampler in SAMPLER_ARMS]
                 arms.append(("tpe", "moasha", math.ceil(args.num_samples * args.moasha_extra)))
                 for sampler, scheduler, trials in arms:
                     arm = sampler if scheduler == "fifo" else scheduler
                     studies[(arm, seed)] = run_study(
-                        f"quality-{arm}-{seed}", space=args.space, sampler=sampler, scheduler=scheduler, seed=seed,
+                        f"quality-{arm}-{seed}", space=space, sampler=sampler, scheduler=scheduler, seed=seed,
                         trials=trials, root=root, quick=args.quick, backbone_cache=args.cache_dir,
                     )  # fmt: skip
                     print(f"seed {seed} {arm}: {len(studies[(arm, seed)])} trials "

@@ -19,6 +19,8 @@ themselves; one job each, imports going down this list only (commands are import
   ``front_files`` (the front files, written off the event loop) over ``front``: the front book the callback keeps
   (fronts kept incrementally); ``front_models`` (the front members' logged models, on a thread of their own) over
   ``registry`` (``--register-model``) over ``logged_models`` (a front member as an MLflow logged model);
+  ``driver_heap``: the Tune callback that freezes the driver's heap once the study is set up (no garbage-collector
+  stalls in the event loop);
   ``records``: a study read back from MLflow (the points table), for the callback's resume and for ``report``;
 - ``searcher`` (Optuna through Tune) over ``sampler_plan`` (samplers sized to the budget), ``schedulers`` (by name:
   fifo, asha, moasha) over ``moasha`` (multi-objective ASHA), ``trainable`` (one experiment per trial; with

@@ -159,6 +159,7 @@ def build_tuner(settings: StudySettings, space: SearchSpace, max_concurrent: int
     """Tune's tuner for the study: a new one, or (``resume``) the study's own restored from its storage."""
     from ray import tune
 
+    from study.driver_heap import FrozenHeap
     from study.ray_internals import restored_search_alg
     from study.schedulers import make_scheduler
 
@@ -248,8 +249,9 @@ def build_tuner(settings: StudySettings, space: SearchSpace, max_concurrent: int
         run_config=tune.RunConfig(
             name=settings.name,
             storage_path=settings.storage_path,
-            # The snapshots after the tracker: Tune calls callbacks in order, so a snapshot holds what MLflow got.
-            callbacks=[tracker, snapshots(settings)],
+            # The snapshots after the tracker: Tune calls callbacks in order, so a snapshot holds what MLflow got;
+            # the heap frozen last, once the others have set up (study.driver_heap).
+            callbacks=[tracker, snapshots(settings), FrozenHeap()],
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
             failure_config=tune.FailureConfig(max_failures=settings.max_failures),
             verbose=1,

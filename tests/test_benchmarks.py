@@ -358,8 +358,10 @@ def test_harness_scale_loop_gaps_count_the_timed_hooks_inside_the_longest_gap() 
     loop.on_step_begin(1, [])
     slow.on_trial_result(1, [], None, {})  # the long gap: 0.2 s of it in the hook
     loop.on_step_begin(2, [])
+    loop.stop()
     assert 0.2 <= loop.longest < 0.2 + 0.15
     assert 0.2 <= loop.hooks_in_longest <= loop.longest
+    assert len(loop.hook_seconds["on_trial_result"]) == 1 and loop.hook_seconds["on_trial_result"][0] >= 0.2
 
 
 def test_search_quality_helpers() -> None:
