@@ -101,6 +101,49 @@ def ratio_and_spread(numerator: Sequence[float], denominator: Sequence[float]) -
 RATIOS = ("tpe_over_random", "gp_over_random", "moasha_over_fifo")
 
 
+def replay_finals(curves: dict[str, list[dict]], order: Sequence[str], budget: float, scheduler) -> np.ndarray:
+    """Run the trials of ``order`` one after another through ``scheduler`` (its ``decide(trial_id, result)``), each
+    ending where it says STOP or at its last result, until the next trial's epochs would pass ``budget``; the (n, 2)
+    minimised losses (``study_losses``) of those that reached their last result. A curve is a trial's results by step,
+    each with ``step``, ``epoch``, ``final_step`` and the objectives, and ``feasible`` (keeps the constraints)."""
+    spent, finals = 0.0, []
+    for trial_id in order:
+        curve, stopped = curves[trial_id], False
+        for result in curve:
+            if scheduler.decide(trial_id, result) == "STOP":
+                stopped = True
+                break
+        if spent + result["epoch"] > budget + 1e-9:
+            break
+        spent += result["epoch"]
+        if not stopped and result["feasible"]:
+            finals.append(result)
+    return study_losses(pd.DataFrame(finals, columns=list(METRICS)))
+
+
+def replayed_ratio(curves: dict[str, list[dict]], make_scheduler, *, trials: int, reference: Sequence[float],
+                   orders: int = 400, seed: int = 0) -> tuple[float, float]:  # fmt: skip
+    """moasha's rule replayed over trials that ran under fifo (``curves``): in ``orders`` random orders, the
+    hypervolume of the first ``trials`` under fifo, and of as many as fit in their epochs under a fresh
+    ``make_scheduler()``; (mean over mean, standard error of the paired differences over fifo's mean). Exact for
+    trials drawn at random (a sampler that learns would have drawn others after a stop), and free: no training."""
+    rng = np.random.default_rng(seed)
+    fifo, moasha = [], []
+    for _ in range(orders):
+        order = [str(trial_id) for trial_id in rng.permutation(list(curves))]
+        budget = sum(curves[trial_id][-1]["epoch"] for trial_id in order[:trials])
+        fifo.append(hypervolume_2d(replay_finals(curves, order, budget, _NeverStop()), reference))
+        moasha.append(hypervolume_2d(replay_finals(curves, order, budget, make_scheduler()), reference))
+    mean = statistics.fmean(fifo)
+    differences = np.subtract(moasha, fifo)
+    return statistics.fmean(moasha) / mean, float(np.std(differences, ddof=1) / math.sqrt(orders) / mean)
+
+
+class _NeverStop:
+    def decide(self, trial_id: str, result: dict) -> str:
+        return "CONTINUE"
+
+
 def ratios_line(ratios: dict[str, float]) -> str:
     """The last line: the ratios measured, in the issue's order."""
     return last_line({name: ratios[name] for name in RATIOS if name in ratios}, 3)
@@ -127,9 +170,9 @@ def medium_space(space: str, directory: Path) -> Path:
 
 def run_study(name: str, *, space: str, sampler: str, scheduler: str, seed: int, trials: int, root: Path,
               quick: bool, backbone_cache: str | None, keep: str | None = None) -> pd.DataFrame:  # fmt: skip
-    """Run one study; one row per trial: trial_number, status, epochs, the objectives at its last step, and
-    whether it keeps the constraints (``feasible``). ``keep``: a directory to write every step point to
-    (``NAME.csv``, ``study.records.load_points``' table)."""
+    """Run one study; one row per trial: trial_number, status, epochs, the objectives at its last step, whether it
+    keeps the constraints (``feasible``) and its ``curve`` (``replay_finals``' results by step). ``keep``: a
+    directory to write every step point to (``NAME.csv``, ``study.records.load_points``' table)."""
     from mlflow.tracking import MlflowClient
 
     from study.constraints import VIOLATION
@@ -156,16 +199,54 @@ def run_study(name: str, *, space: str, sampler: str, scheduler: str, seed: int,
     rows = []
     for run_id, steps in points.groupby("run_id"):
         last = steps.loc[steps["step"].idxmax()]
+        feasible = run_id not in violated
+        curve = [
+            {"step": int(row["step"]), "epoch": float(row["epoch"]), "final_step": int(last["step"]),
+             "feasible": feasible, **{metric: float(row[metric]) for metric in METRICS}}
+            for _, row in steps.sort_values("step").iterrows()
+        ]  # fmt: skip
         rows.append(
             {
                 "trial_number": int(str(last["run_name"]).split("-")[-1]),
                 "status": last["status"],
                 "epochs": float(steps["epoch"].max()),
                 **{metric: float(last[metric]) for metric in METRICS},
-                "feasible": run_id not in violated,
+                "feasible": feasible,
+                "curve": curve,
             }
         )
     return pd.DataFrame(rows)
+
+
+def replay_line(studies: dict, sampler_arms: Sequence[str], *, trials: int, reference: Sequence[float]) -> str:
+    """moasha's rule replayed over every fifo study's trials that ran to their end (``replayed_ratio``)."""
+    from study.moasha import MOASHAScheduler
+    from study.names import FINAL_STEP
+    from study.schedulers import REDUCTION_FACTOR
+
+    curves = {
+        f"{arm}-{seed}-{row.trial_number}": row.curve
+        for (arm, seed), frame in studies.items()
+        if arm in sampler_arms
+        for row in frame.itertuples()
+        if row.status == "FINISHED"
+    }
+    if len(curves) <= trials:
+        return f"moasha replayed: not enough fifo trials ({len(curves)}) for orders of more than {trials}"
+
+    max_t = max(curve[-1]["final_step"] for curve in curves.values())
+
+    def make() -> MOASHAScheduler:  # the study's moasha (study.schedulers.make_scheduler) without its journal
+        return MOASHAScheduler(
+            metrics=list(METRICS), modes=["max", "min"], max_t=max_t, reduction_factor=REDUCTION_FACTOR,
+            final_attr=FINAL_STEP,
+        )  # fmt: skip
+
+    ratio, error = replayed_ratio(curves, make, trials=trials, reference=reference)
+    return (
+        f"moasha replayed over the {len(curves)} fifo trials in random orders, {trials} under fifo against as many as "
+        f"fit in their epochs: {ratio:.3f} (s.e. {error:.3f})"
+    )
 
 
 def finals_of(trials: pd.DataFrame) -> pd.DataFrame:
@@ -255,6 +336,8 @@ def main(argv: list[str] | None = None) -> int:
     ]
     if short:
         print(f"moasha ran out of trials short of fifo's compute in seeds {short}: raise --moasha-extra")
+
+    print(replay_line(studies, sampler_arms, trials=args.num_samples, reference=reference))
 
     ratios, spreads = {}, {}
     pairs = [("tpe_over_random", "tpe", "random"), ("gp_over_random", "gp", "random")] if not args.moasha_only else []
