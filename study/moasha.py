@@ -24,10 +24,10 @@ The rule, as implemented here:
 Why a rung at step 0: stopping pays only in the compute it saves, and in this project a trial spends most of its
 compute before its first pruning step (the transfer's ``epochs``, then ``recovery_epochs`` per step), so a first
 rung at step 1 comes after half a short trial or more. Step 0 is also the one point where every trial is at the
-same density, so the comparison is like with like. Replayed over the step results of 24 fifo trials of
-``benchmarks/search_quality.py --medium`` at equal compute (issue 12): rungs at 1, 2, 4 reached 1.003x fifo's
-hypervolume, rungs at 0, 1, 2, 4 1.032x, while even an oracle that stops at step 1 exactly the trials whose final
-point ends off the front reaches only 1.017x (benchmarks/README.md).
+same density, so the comparison is like with like. Replayed over 44 fifo trials of ``benchmarks/search_quality.py
+--medium`` at equal compute (issue 12): rungs at 1, 2, 4 reached 1.021x fifo's hypervolume, rungs at 0, 1, 2, 4
+1.050x, and an oracle that stops at step 1 exactly the trials whose final point ends off the front only 1.025x
+(benchmarks/README.md).
 
 Resuming: Ray 2.60 does not save a scheduler with the experiment state (``TuneController.__getstate__`` leaves out
 ``_scheduler_alg``; the scheduler comes back as ``tuner.pkl`` pickled it when the study began, with empty rungs).
