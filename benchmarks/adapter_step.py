@@ -1,11 +1,13 @@
 """Training-step time of SPLoRA against its floor, fine-tuning and the reference package, side by side in one run.
 
 The floor of any adapter method is the same network with frozen convs where only BatchNorm and the head learn.
-Variants: ``finetune``; ``floor``; ``splora`` (ours as it trains: the fused centre-tap conv of ``spa.fused``);
-``splora_two_conv`` (ours with the fusion off: the adapter as two 1x1 convs); ``reference`` (the `sp_adapters`
-package, W + dW materialised each forward). ResNet-18 with the CIFAR stem, batch 32, 32 px, 2 threads by default.
-The variants are timed interleaved (round-robin), so machine noise hits all of them alike; the ratios of the medians
-are what to compare, never absolute times. Each variant's spread (max/min over rounds) is printed too.
+Variants: ``finetune``; ``floor``; ``splora`` (ours as it trains: the fused centre-tap conv of ``spa.fused``, with
+each layer's adapted kernel kept between steps); ``splora_fresh_kernel`` (fused, but the kernel built afresh every
+call, as before it was kept); ``splora_two_conv`` (ours with the fusion off: the adapter as two 1x1 convs);
+``reference`` (the `sp_adapters` package, W + dW materialised each forward). ResNet-18 with the CIFAR stem, batch
+32, 32 px, 2 threads by default. The variants are timed interleaved (round-robin), so machine noise hits all of them
+alike; the ratios of the medians are what to compare, never absolute times. Each variant's spread (max/min over
+rounds) is printed too.
 
 Last line: ``splora_vs_floor=R1 splora_vs_reference=R2``. Goals on CPU: R1 <= 1.10, R2 <= 0.60. The line before it
 prints ``floor_vs_reference``: no adapter can go below the floor, so R2 can reach 0.60 only where that is <= 0.60.
@@ -25,7 +27,7 @@ import torch
 from torch import nn
 
 from spa import fused
-from spa.adapters import add_splora
+from spa.adapters import SPLoRAConv2d, add_splora
 from spa.models import build_resnet
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the helpers shared by the scripts beside this one
@@ -59,6 +61,14 @@ def floor(model: nn.Module) -> nn.Module:
         if isinstance(module, nn.BatchNorm2d):
             module.requires_grad_(True)
     model.fc.requires_grad_(True)
+    return model
+
+
+def fresh_kernels(model: nn.Module) -> nn.Module:
+    """No kept kernels: every fused call builds ``W + B @ A`` afresh (``spa.fused.centre_tap_conv2d`` without one)."""
+    for module in model.modules():
+        if isinstance(module, SPLoRAConv2d):
+            module.adapted_kernel = None
     return model
 
 
@@ -111,6 +121,7 @@ def main(argv: list[str] | None = None) -> int:
         "finetune": (network(), True),
         "floor": (floor(network()), True),
         "splora": (add_splora(network(), args.rank, 1e-3), True),
+        "splora_fresh_kernel": (fresh_kernels(add_splora(network(), args.rank, 1e-3)), True),
         "splora_two_conv": (add_splora(network(), args.rank, 1e-3), False),
         "reference": (reference_splora(network(), args.rank, 1e-3), True),
     }
@@ -130,11 +141,13 @@ def main(argv: list[str] | None = None) -> int:
     print(" ".join(f"{name}_vs_floor={value:.2f}" for name, value in ratios.items()))
     print(
         f"splora_vs_finetune={medians['splora'] / medians['finetune']:.2f} "
-        f"splora_vs_two_conv={medians['splora'] / medians['splora_two_conv']:.2f}"
+        f"splora_vs_two_conv={medians['splora'] / medians['splora_two_conv']:.2f} "
+        f"fresh_kernel_vs_floor={medians['splora_fresh_kernel'] / medians['floor']:.2f}"
     )
-    paired = sorted(s / f for s, f in zip(times["splora"], times["floor"], strict=True))
-    quartiles = statistics.quantiles(paired, n=4) if len(paired) > 1 else [paired[0]] * 3
-    print(f"splora/floor per round: median {quartiles[1]:.3f}, quartiles {quartiles[0]:.3f}-{quartiles[2]:.3f}")
+    for name in ("splora", "splora_fresh_kernel"):
+        paired = sorted(s / f for s, f in zip(times[name], times["floor"], strict=True))
+        quartiles = statistics.quantiles(paired, n=4) if len(paired) > 1 else [paired[0]] * 3
+        print(f"{name}/floor per round: median {quartiles[1]:.3f}, quartiles {quartiles[0]:.3f}-{quartiles[2]:.3f}")
     print(f"floor_vs_reference={medians['floor'] / medians['reference']:.2f}")
     r1 = medians["splora"] / medians["floor"]
     r2 = medians["splora"] / medians["reference"]

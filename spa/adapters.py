@@ -114,6 +114,8 @@ class SPLoRAConv2d(_SPLoRALayer):
         )
         self.lora_b = nn.Conv2d(rank, base_layer.out_channels, 1, bias=False, device=device, dtype=dtype)
         self._init_factors(init_range)
+        # W + B @ A as the fused path last built it: kept between steps, not state (spa/fused.py).
+        self.adapted_kernel = fused.AdaptedKernel()
 
     @property
     def in_channels(self) -> int:
@@ -125,7 +127,9 @@ class SPLoRAConv2d(_SPLoRALayer):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if fused.applies(self):  # training with a frozen base: one conv with W + dW (spa/fused.py), same result
-            return fused.centre_tap_conv2d(x, self.base_layer, self.lora_a.weight, self.lora_b.weight)
+            return fused.centre_tap_conv2d(
+                x, self.base_layer, self.lora_a.weight, self.lora_b.weight, self.adapted_kernel
+            )
         return super().forward(x)
 
     def get_delta_weight(self) -> torch.Tensor:

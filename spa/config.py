@@ -258,6 +258,9 @@ class RuntimeConfig:
         False, "torch.compile the training step, afresh in every training phase (pruning changes the shapes)"
     )
     compile_backend: str = setting("inductor", "torch.compile backend", choices=COMPILE_BACKENDS)
+    cuda_graphs: bool = setting(
+        False, "replay each training phase's forward and backward as one CUDA graph (CUDA only; spa/graphs.py)"
+    )
     deterministic: bool = setting(False, "deterministic algorithms")
     cache_dir: str | None = setting(None, "cache for pretrained backbones", default_text="~/.cache/spa")
 
@@ -270,6 +273,13 @@ class RuntimeConfig:
             "auto, cpu, cuda, cuda:N",
         )
         _require(isinstance(self.compile, bool), "compile", self.compile, "true or false")
+        _require(isinstance(self.cuda_graphs, bool), "cuda_graphs", self.cuda_graphs, "true or false")
+        _require(
+            not (self.compile and self.cuda_graphs),
+            "cuda_graphs",
+            self.cuda_graphs,
+            "false when compile is true (a compiled step manages its own graphs: mode='reduce-overhead')",
+        )
         _require(
             self.compile_backend in COMPILE_BACKENDS,
             "compile_backend",

@@ -30,6 +30,7 @@ from spa.config import PRETRAINED_DIGITS, ConfigError, ExperimentConfig, Runtime
 from spa.criteria import score_channels
 from spa.cuda_only import check_cuda_only
 from spa.data import Loaders, load_splits, make_loaders, score_loader
+from spa.graphs import CapturedStep
 from spa.loader_settings import available_cpus, loader_settings
 from spa.metrics import COST_METRIC_NAMES, EXTRA_METRIC_NAMES, METRIC_NAMES
 from spa.models import build_resnet
@@ -113,7 +114,8 @@ def run_experiment(
     ``resume_from`` is such a directory: the experiment continues with the next step and repeats no work.
     """
     device = resolve_device(config.runtime.device)
-    check_cuda_only(device, bf16=config.runtime.bf16)  # bf16 autocast exists on CUDA only: say so, not run fp32
+    # bf16 autocast and CUDA graphs exist on CUDA only: say so, rather than run without them
+    check_cuda_only(device, bf16=config.runtime.bf16, cuda_graphs=config.runtime.cuda_graphs)
     densities = pruning_densities(config)
     # Before seeding: pretraining a backbone that is not cached yet draws from the global RNG, and the run on a cold
     # cache would then initialise its adapters differently from every later run.
@@ -269,12 +271,14 @@ def _train(setting: _Setting, model: nn.Module, *, step: int, epochs: int) -> _T
     train = setting.loaders.train
     scheduler = build_scheduler(optimizer, optim.lr_schedule, epochs, steps_per_epoch=len(train))  # per batch
     trained = compile_for_training(model, runtime.compile_backend) if runtime.compile and epochs else model
-    first_steps: list[float] = []  # the compiled first step of the phase: compile time plus one step
+    # One capture per phase: the shapes hold until the next pruning step.
+    captured = CapturedStep(model, nn.CrossEntropyLoss(), bf16=runtime.bf16) if runtime.cuda_graphs else None
+    first_steps: list[float] = []  # the first step of the phase: compile (or capture) time plus one step
     loss = float("nan")
     for epoch in range(epochs):
         started = time.perf_counter()
         seed = phase_seed(runtime.seed, step, epoch)
-        on_first_step = first_steps.append if runtime.compile and epoch == 0 else None
+        on_first_step = first_steps.append if (runtime.compile or runtime.cuda_graphs) and epoch == 0 else None
         loss = train_one_epoch(
             trained,
             train,
@@ -284,10 +288,12 @@ def _train(setting: _Setting, model: nn.Module, *, step: int, epochs: int) -> _T
             bf16=runtime.bf16,
             on_first_step=on_first_step,
             scheduler=scheduler,
+            captured=captured,
         )
         setting.log(f"step {step} epoch {epoch + 1}/{epochs}: loss {loss:.4f} ({time.perf_counter() - started:.1f}s)")
     if first_steps:
-        setting.log(f"step {step}: compiled in {first_steps[0]:.1f}s (the first step, compile included)")
+        done = "compiled" if runtime.compile else "captured as a CUDA graph"
+        setting.log(f"step {step}: {done} in {first_steps[0]:.1f}s (the first step, included)")
     if epochs > 0 and optim.precise_bn:
         recompute_batchnorm_statistics(model, setting.scoring_loader, setting.device)
     return _Trained(loss=loss, compile_s=sum(first_steps))

@@ -17,6 +17,16 @@ CUDA the 1x1 weight gradient stays with cuDNN until a GPU measures the other.
 Why the centre tap is a 1x1 conv: with padding k // 2 and stride s, output pixel (h, w) sees input pixel
 (h*s, w*s) through the centre tap, which is exactly a 1x1 conv of stride s and no padding.
 
+The adapted kernel ``W + delta`` is kept per layer (``AdaptedKernel``) rather than built afresh every step: a full
+copy of every kernel per step reads all of W (the centre taps are strided, so every cache line) and writes a new
+kernel. The kept kernel is rebuilt only when the frozen weight changes (another tensor, shape, dtype or device, or
+an in-place write, which bumps the tensor's version counter: ``load_state_dict``, ``copy_`` under ``no_grad``);
+each call rewrites only its centre tap, from a contiguous copy of W's centre. A backward whose centre tap another
+call has rewritten since its forward writes its own back first, from the factors it saved (autograd checks their
+versions), so interleaved forwards and backwards stay exact. Writes through ``weight.data`` bypass the version
+counter and are not seen: change a frozen weight by assignment or in place, not through ``.data``. Under
+``torch.compile`` and inference mode the kernel is built per call, as before.
+
 Used by ``SPLoRAConv2d.forward`` while training with a frozen base (``applies``); evaluation, dependency tracing
 (``spa.pruning`` unfreezes the base and switches to eval mode) and LRP (a merged copy) keep the two-conv path.
 """
@@ -30,7 +40,14 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-__all__ = ["applies", "centre_tap_conv2d", "centre_tap_gradient", "enabled", "low_rank_gradients"]
+__all__ = [
+    "AdaptedKernel",
+    "applies",
+    "centre_tap_conv2d",
+    "centre_tap_gradient",
+    "enabled",
+    "low_rank_gradients",
+]
 
 _enabled = True
 
@@ -51,26 +68,113 @@ def applies(layer: nn.Module) -> bool:
     return _enabled and layer.training and not layer.base_layer.weight.requires_grad
 
 
-def centre_tap_conv2d(x: torch.Tensor, base: nn.Conv2d, lora_a: torch.Tensor, lora_b: torch.Tensor) -> torch.Tensor:
+def centre_tap_conv2d(
+    x: torch.Tensor,
+    base: nn.Conv2d,
+    lora_a: torch.Tensor,
+    lora_b: torch.Tensor,
+    kernel: AdaptedKernel | None = None,
+) -> torch.Tensor:
     """``base(x) + conv1x1(conv1x1(x, lora_a, stride), lora_b)`` as one conv; ``lora_a`` is (r, in, 1, 1),
-    ``lora_b`` is (out, r, 1, 1). Needs an odd square kernel with padding k // 2, groups 1, dilation 1."""
-    return _CentreTapConv2d.apply(x, base.weight, base.bias, lora_a, lora_b, base.stride, base.padding)
+    ``lora_b`` is (out, r, 1, 1). Needs an odd square kernel with padding k // 2, groups 1, dilation 1.
+    ``kernel``: the layer's kept adapted kernel; without one, the kernel is built for this call alone."""
+    if torch.compiler.is_compiling() or torch.is_inference_mode_enabled():
+        kernel = None  # compiled graphs hold no Python-side state; inference tensors cannot be kept and rewritten
+    return _CentreTapConv2d.apply(x, base.weight, base.bias, lora_a, lora_b, base.stride, base.padding, kernel)
+
+
+class _Kept:
+    """One built kernel: ``kernel`` (out, in, k, k) is W with ``B @ A`` added at its centre tap; ``centre`` is W's
+    centre tap (out, in), contiguous; ``weight`` aliases the W it was built from (holding its storage, so no other
+    tensor can take its address) and ``version`` is W's version counter then; ``writer`` marks the call whose
+    factors the centre tap now holds."""
+
+    def __init__(self, weight: torch.Tensor) -> None:
+        self.weight, self.version = weight.detach(), weight._version
+        self.kernel = weight.detach().clone()
+        centre = weight.shape[-1] // 2
+        self.centre = weight.detach()[:, :, centre, centre].contiguous()
+        self.writer: object = None
+
+    def built_from(self, weight: torch.Tensor) -> bool:
+        kept = self.weight
+        return (
+            weight.data_ptr() == kept.data_ptr()
+            and weight._version == self.version
+            and weight.shape == kept.shape
+            and weight.stride() == kept.stride()
+            and weight.dtype == kept.dtype
+            and weight.device == kept.device
+        )
+
+    def write_centre(self, lora_a: torch.Tensor, lora_b: torch.Tensor, writer: object) -> torch.Tensor:
+        """The centre tap := W's centre + B @ A, in place, unless ``writer``'s factors are there already (the sum
+        is the one ``_fresh_kernel`` computes). Returns the kernel."""
+        if self.writer is not writer:
+            with torch.no_grad():
+                centre = self.kernel.shape[-1] // 2
+                torch.add(self.centre, _delta(lora_a, lora_b, self.kernel.dtype), out=self.kernel[:, :, centre, centre])
+            self.writer = writer
+        return self.kernel
+
+
+class AdaptedKernel:
+    """A layer's kept adapted kernel ``W + B @ A``: rebuilt when W changes, its centre tap rewritten per call.
+
+    Not state: a copy (``copy.deepcopy``, pickling) starts empty and builds its own on its first call.
+    """
+
+    def __init__(self) -> None:
+        self._kept: _Kept | None = None
+
+    def __deepcopy__(self, memo: dict[int, object]) -> AdaptedKernel:
+        return AdaptedKernel()
+
+    def __getstate__(self) -> dict[str, object]:
+        return {}
+
+    def __setstate__(self, state: dict[str, object]) -> None:
+        self._kept = None
+
+    def written(self, weight: torch.Tensor, lora_a: torch.Tensor, lora_b: torch.Tensor, writer: object) -> _Kept:
+        """The kept kernel for ``weight`` (rebuilt if W changed), its centre tap written from these factors."""
+        if self._kept is None or not self._kept.built_from(weight):
+            self._kept = _Kept(weight)
+        self._kept.write_centre(lora_a, lora_b, writer)
+        return self._kept
+
+
+def _delta(lora_a: torch.Tensor, lora_b: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    return (lora_b.flatten(1) @ lora_a.flatten(1)).to(dtype)  # (out, in)
+
+
+def _fresh_kernel(weight: torch.Tensor, lora_a: torch.Tensor, lora_b: torch.Tensor) -> torch.Tensor:
+    """``W + delta`` built for one call (what ``torch.compile`` traces)."""
+    centre = weight.shape[-1] // 2
+    adapted = weight.clone()
+    adapted[:, :, centre, centre] += _delta(lora_a, lora_b, weight.dtype)
+    return adapted
 
 
 class _CentreTapConv2d(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, weight, bias, lora_a, lora_b, stride, padding):  # type: ignore[override]
-        k = weight.shape[-1]
-        delta = (lora_b.flatten(1) @ lora_a.flatten(1)).to(weight.dtype)  # (out, in)
-        adapted = weight.clone()
-        adapted[:, :, k // 2, k // 2] += delta
-        ctx.save_for_backward(x, adapted, lora_a, lora_b)
+    def forward(ctx, x, weight, bias, lora_a, lora_b, stride, padding, kernel):  # type: ignore[override]
+        if kernel is None:
+            ctx.kept, adapted = None, _fresh_kernel(weight, lora_a, lora_b)
+            ctx.save_for_backward(x, lora_a, lora_b, adapted)
+        else:
+            ctx.writer = object()  # this call: its backward checks that the kept centre tap still holds its factors
+            ctx.kept = kernel.written(weight, lora_a, lora_b, ctx.writer)
+            adapted = ctx.kept.kernel
+            ctx.save_for_backward(x, lora_a, lora_b)
         ctx.stride, ctx.padding, ctx.has_bias = stride, padding, bias is not None
         return F.conv2d(x, adapted, bias, stride, padding)
 
     @staticmethod
     def backward(ctx, grad_output):  # type: ignore[override]
-        x, adapted, lora_a, lora_b = ctx.saved_tensors
+        x, lora_a, lora_b, *fresh = ctx.saved_tensors
+        # A later call may have rewritten the kept centre tap since this forward: then this writes ours back.
+        adapted = fresh[0] if ctx.kept is None else ctx.kept.write_centre(lora_a, lora_b, ctx.writer)
         need_x, need_weight, need_bias, need_a, need_b = ctx.needs_input_grad[:5]
         # Under autocast the forward ran in a lower precision; the backward runs outside it, so cast here.
         dtype = grad_output.dtype
@@ -107,7 +211,7 @@ class _CentreTapConv2d(torch.autograd.Function):
             grad_weight = grad_weight.to(adapted.dtype)
         if grad_bias is not None:
             grad_bias = grad_bias.to(adapted.dtype)
-        return grad_x, grad_weight, grad_bias, grad_a, grad_b, None, None
+        return grad_x, grad_weight, grad_bias, grad_a, grad_b, None, None, None
 
 
 def _factor_gradients(

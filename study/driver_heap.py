@@ -7,16 +7,20 @@ null trials, up to 2.1 s each, and the study's longest event-loop gap (2.48 s) w
 12-16). ``gc.freeze()`` moves every object alive at that moment to a permanent generation the collector skips, so a
 full collection walks only what the study itself created since. Freezing after the other callbacks' ``setup`` (this
 callback goes last) also catches what they import there (MLflow's store). The heap is unfrozen at the experiment's
-end, so a process that runs several studies (``benchmarks/search_quality.py``) does not keep each one's garbage.
+end, so a process that runs several studies (``benchmarks/search_quality.py``) does not keep each one's garbage;
+a study that raises (an error in a callback, Ctrl-C in Tune's loop) never reaches that end, so ``study.run`` also
+unfreezes it on the way out (``heap_unfrozen_after``).
 """
 
 from __future__ import annotations
 
 import gc
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from ray.tune import Callback
 
-__all__ = ["FrozenHeap"]
+__all__ = ["FrozenHeap", "heap_unfrozen_after"]
 
 
 class FrozenHeap(Callback):
@@ -28,4 +32,14 @@ class FrozenHeap(Callback):
         gc.freeze()
 
     def on_experiment_end(self, trials, **info) -> None:
+        gc.unfreeze()
+
+
+@contextmanager
+def heap_unfrozen_after() -> Iterator[None]:
+    """Run the block (a study's fit), then unfreeze the heap however the block leaves it: raising skips Tune's
+    ``on_experiment_end``, and a frozen heap would keep everything the process allocates after that."""
+    try:
+        yield
+    finally:
         gc.unfreeze()

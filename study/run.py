@@ -38,6 +38,8 @@ INTERRUPTED = 130  # the shell's status for Ctrl-C
 
 def run_study(settings: StudySettings, space: SearchSpace, *, resume: bool, address: str | None) -> int:
     """Run (or, with ``resume``, continue) the study; the exit status (see ``summarize``)."""
+    from study.driver_heap import heap_unfrozen_after
+
     started = time.perf_counter()
     ray, started_ray = connect(address)
     try:
@@ -45,7 +47,8 @@ def run_study(settings: StudySettings, space: SearchSpace, *, resume: bool, addr
         max_concurrent = check_resources(nodes, settings)
         pretrain(space, settings)
         tuner = build_tuner(settings, space, max_concurrent, resume=resume)
-        first_error = _first_error(tuner.fit().errors)
+        with heap_unfrozen_after():  # the FrozenHeap callback unfreezes only at an experiment end Tune reached
+            first_error = _first_error(tuner.fit().errors)
     finally:
         if started_ray:
             ray.shutdown()

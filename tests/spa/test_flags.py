@@ -49,6 +49,7 @@ ORIGINAL_FLAGS = {
     "--num-workers": (["--num-workers", "2"], {"num_workers": 2}),
     "--compile": (["--compile"], {"compile": True}),
     "--compile-backend": (["--compile-backend", "aot_eager"], {"compile_backend": "aot_eager"}),
+    "--cuda-graphs": (["--cuda-graphs"], {"cuda_graphs": True}),
     "--cache-dir": (["--cache-dir", "/cache"], {"cache_dir": "/cache"}),
 }
 
@@ -91,6 +92,7 @@ ORIGINAL_DEFAULTS = {
     "bf16": False,
     "compile": False,
     "compile_backend": "inductor",
+    "cuda_graphs": False,
     "deterministic": False,
     "cache_dir": None,
 }
