@@ -152,7 +152,9 @@ def test_smoke_study_is_recorded_in_mlflow_and_optuna(tmp_path, backbone_cache, 
             "2",
         )
         assert params["threads"] == "1" and params["device"] == "cpu" and params["cache_dir"] == backbone_cache
-        assert {"rank", "lr", "init_range", "final_density", "shape"} <= set(params)
+        assert {"rank", "lr", "init_range", "final_density", "shape"} <= set(params) and params[
+            "final_density"
+        ] == "0.5"
         assert "trial_number" not in params
         for key in ("val_accuracy", "learned_params", "density", "test_accuracy", "flops"):
             assert [step for step, _ in history(client, run, key)] == [0, 1], (run.info.run_name, key)
