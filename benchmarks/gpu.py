@@ -17,6 +17,8 @@ learns every parameter. For each setting:
 - model only: training steps on one batch already on the GPU;
 - end to end: training steps fed by the GPU-resident loader, and by the PIL loader with ``--workers`` workers,
   without a host sync per step (as ``spa.training.train_one_epoch`` on CUDA: the loss stays on the GPU);
+- the model-only and GPU-resident end-to-end variants again with ``cuda_graphs`` (``spa.graphs``: forward, loss and
+  backward replayed as one CUDA graph), the path that keeps a GPU busy: the eager step is bound by the host;
 - peak allocated memory of each training variant.
 Variants are timed interleaved, round-robin in blocks of ``--steps`` batches (after ``--warmup`` untimed ones), so
 clock and thermal drift hit all alike; images/s is that of the median block. ``--compile`` adds
@@ -28,7 +30,8 @@ pass (15,000 images) per step at ``EVAL_SPEEDUP`` x that rate; pruned networks g
 upper bound on the training part.
 
 Last line: ``end_to_end_over_model_only=.. splora_over_finetune=.. paper_trial_minutes=..`` (SPLoRA, ``cifar32``,
-GPU-resident; SPLoRA over fine-tuning end to end). Without CUDA it prints one line to stderr and exits 2; so does a
+GPU-resident, CUDA graphs; SPLoRA over fine-tuning end to end); each setting prints the same figures for the eager
+and the graphed path before it. Without CUDA it prints one line to stderr and exits 2; so does a
 non-CUDA ``--device``.
 """
 
@@ -52,6 +55,7 @@ from torchvision import transforms as T
 
 from spa.adapters import add_splora, mark_trainable
 from spa.gpu_data import CROP_PADDING, Augmentation, DeviceLoader, DeviceSet
+from spa.graphs import CapturedStep
 from spa.models import build_resnet
 from spa.splits import IMAGENET_MEAN, IMAGENET_STD, DatasetInfo
 from spa.training import autocast
@@ -212,6 +216,26 @@ def training_block(
     return block
 
 
+def graphed_block(
+    model: nn.Module, batches: Iterator[tuple[torch.Tensor, torch.Tensor]], steps: int, device: torch.device
+) -> Callable[[], None]:
+    """``training_block`` as a trial with ``cuda_graphs`` runs it: forward, loss and backward replayed as one CUDA
+    graph (``spa.graphs.CapturedStep``, captured at the first step), the optimizer step eager."""
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-3, momentum=0.9)
+    captured = CapturedStep(model, nn.CrossEntropyLoss(), bf16=True)
+    total = torch.zeros((), device=device)
+
+    def block() -> None:
+        nonlocal total
+        for _ in range(steps):
+            x, y = next(batches)
+            loss = captured(x, y)
+            optimizer.step()
+            total = total + loss.float()
+
+    return block
+
+
 def loader_block(batches: Iterator[tuple[torch.Tensor, torch.Tensor]], steps: int) -> Callable[[], None]:
     def block() -> None:
         for _ in range(steps):
@@ -288,6 +312,12 @@ def measure_setting(
         blocks[f"end_to_end_pil_w{workers}_{learner}"] = training_block(
             model, pil_batches(data, labels, setting, workers, device), steps, device
         )
+        if device.type == "cuda":  # a model of its own: the graph owns its gradients
+            graphed = build_model(arch, setting, learner, rank, device)
+            blocks[f"model_only_{learner}_graphed"] = graphed_block(graphed, repeat(fixed), steps, device)
+            blocks[f"end_to_end_gpu_resident_{learner}_graphed"] = graphed_block(
+                graphed, device_batches(data, labels, setting, device), steps, device
+            )
         if compile_models:
             compiled = torch.compile(build_model(arch, setting, learner, rank, device))
             started = time.perf_counter()
@@ -318,12 +348,12 @@ def measure_setting(
     return rates
 
 
-def summary(rates: dict[str, float]) -> dict[str, float]:
-    """The last line's figures from the ``cifar32`` rates."""
-    splora = rates["end_to_end_gpu_resident_splora"]
+def summary(rates: dict[str, float], path: str = "") -> dict[str, float]:
+    """The last line's figures from one setting's rates; ``path="_graphed"`` for the CUDA-graph variants."""
+    splora = rates[f"end_to_end_gpu_resident_splora{path}"]
     return {
-        "end_to_end_over_model_only": splora / rates["model_only_splora"],
-        "splora_over_finetune": splora / rates["end_to_end_gpu_resident_finetune"],
+        "end_to_end_over_model_only": splora / rates[f"model_only_splora{path}"],
+        "splora_over_finetune": splora / rates[f"end_to_end_gpu_resident_finetune{path}"],
         "paper_trial_minutes": paper_trial_minutes(splora),
     }
 
@@ -369,9 +399,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             device=device,
             log=lambda message: print(message, flush=True),
         )
-        figures = summary(results[name])
-        print(f"{name}: " + last_line(figures), flush=True)
-    print(last_line(summary(results["cifar32"])))
+        print(f"{name} eager: " + last_line(summary(results[name])), flush=True)
+        print(f"{name} CUDA graphs: " + last_line(summary(results[name], "_graphed")), flush=True)
+    print(last_line(summary(results["cifar32"], "_graphed")))
     return 0
 
 

@@ -6,16 +6,17 @@ back from MLflow (``study.records.load_points``). Compute is training epochs: a 
 (recovery epochs included). The samplers' studies have ``--num-samples`` trials each under fifo, so equal trials are
 equal compute, up to the schedules' own lengths: each is cut at the smallest total of the three. moasha stops trials
 early, so its study gets ``--moasha-extra`` times the trials and is cut, in trial order, where its compute reaches
-the fifo study's.
+the fifo study's; a moasha study that ends short of that budget did less, and the line of its arm says so.
 
 Hypervolume: of the completed trials' final (val_accuracy, learned_params) that keep the space's constraints,
 accuracy maximised from 0 and log10(learned params) minimised from a reference shared by every study (the largest
 value any study saw, plus 0.1). Ratios are of per-seed means; the spread is the per-seed ratios' standard deviation.
 
-Last line: ``tpe_over_random=.. gp_over_random=.. moasha_over_fifo=..`` (goal, issue 12: each >= 1.0 in the mean).
+Last line: ``tpe_over_random=.. gp_over_random=.. moasha_over_fifo=..`` (goal, issue 12: each >= 1.0 in the mean);
+with ``--moasha-only`` (the TPE studies under fifo and moasha, nothing else) ``moasha_over_fifo=..`` alone.
 ``--quick``: the smoke budget, 6 trials per study, 2 seeds; a check that it runs, not a measurement.
 ``--medium``: 8 trials per study, 3 seeds, on ``medium_space``: the space at one epoch before pruning and one of
-recovery, but 2 to 4 pruning steps, so moasha has rungs at steps 1 and 2 and really stops trials, and the sized
+recovery, but 2 to 4 pruning steps, so moasha has rungs at steps 0, 1 and 2 and really stops trials, and the sized
 TPE (2 startup trials) and GP (2) model most of the 8 trials; a floor of 0.3 (chance is 0.2), as one epoch cannot
 reach the real budget's. 63 min on the 2 shared cores at load 3-20 (issue 12); the full budget is
 about 2 h.
@@ -97,9 +98,55 @@ def ratio_and_spread(numerator: Sequence[float], denominator: Sequence[float]) -
     return ratio, statistics.stdev(per_seed) if len(per_seed) > 1 else 0.0
 
 
+RATIOS = ("tpe_over_random", "gp_over_random", "moasha_over_fifo")
+
+
+def replay_finals(curves: dict[str, list[dict]], order: Sequence[str], budget: float, scheduler) -> np.ndarray:
+    """Run the trials of ``order`` one after another through ``scheduler`` (its ``decide(trial_id, result)``), each
+    ending where it says STOP or at its last result, until the next trial's epochs would pass ``budget``; the (n, 2)
+    minimised losses (``study_losses``) of those that reached their last result. A curve is a trial's results by step,
+    each with ``step``, ``epoch``, ``final_step`` and the objectives, and ``feasible`` (keeps the constraints)."""
+    spent, finals = 0.0, []
+    for trial_id in order:
+        curve, stopped = curves[trial_id], False
+        for result in curve:
+            if scheduler.decide(trial_id, result) == "STOP":
+                stopped = True
+                break
+        if spent + result["epoch"] > budget + 1e-9:
+            break
+        spent += result["epoch"]
+        if not stopped and result["feasible"]:
+            finals.append(result)
+    return study_losses(pd.DataFrame(finals, columns=list(METRICS)))
+
+
+def replayed_ratio(curves: dict[str, list[dict]], make_scheduler, *, trials: int, reference: Sequence[float],
+                   orders: int = 400, seed: int = 0) -> tuple[float, float]:  # fmt: skip
+    """moasha's rule replayed over trials that ran under fifo (``curves``): in ``orders`` random orders, the
+    hypervolume of the first ``trials`` under fifo, and of as many as fit in their epochs under a fresh
+    ``make_scheduler()``; (mean over mean, standard error of the paired differences over fifo's mean). Exact for
+    trials drawn at random (a sampler that learns would have drawn others after a stop), and free: no training."""
+    rng = np.random.default_rng(seed)
+    fifo, moasha = [], []
+    for _ in range(orders):
+        order = [str(trial_id) for trial_id in rng.permutation(list(curves))]
+        budget = sum(curves[trial_id][-1]["epoch"] for trial_id in order[:trials])
+        fifo.append(hypervolume_2d(replay_finals(curves, order, budget, _NeverStop()), reference))
+        moasha.append(hypervolume_2d(replay_finals(curves, order, budget, make_scheduler()), reference))
+    mean = statistics.fmean(fifo)
+    differences = np.subtract(moasha, fifo)
+    return statistics.fmean(moasha) / mean, float(np.std(differences, ddof=1) / math.sqrt(orders) / mean)
+
+
+class _NeverStop:
+    def decide(self, trial_id: str, result: dict) -> str:
+        return "CONTINUE"
+
+
 def ratios_line(ratios: dict[str, float]) -> str:
-    """The last line: the three ratios, in the issue's order."""
-    return last_line({name: ratios[name] for name in ("tpe_over_random", "gp_over_random", "moasha_over_fifo")}, 3)
+    """The last line: the ratios measured, in the issue's order."""
+    return last_line({name: ratios[name] for name in RATIOS if name in ratios}, 3)
 
 
 def medium_space(space: str, directory: Path) -> Path:
@@ -122,9 +169,10 @@ def medium_space(space: str, directory: Path) -> Path:
 
 
 def run_study(name: str, *, space: str, sampler: str, scheduler: str, seed: int, trials: int, root: Path,
-              quick: bool, backbone_cache: str | None) -> pd.DataFrame:  # fmt: skip
-    """Run one study; one row per trial: trial_number, status, epochs, the objectives at its last step, and
-    whether it keeps the constraints (``feasible``)."""
+              quick: bool, backbone_cache: str | None, keep: str | None = None) -> pd.DataFrame:  # fmt: skip
+    """Run one study; one row per trial: trial_number, status, epochs, the objectives at its last step, whether it
+    keeps the constraints (``feasible``) and its ``curve`` (``replay_finals``' results by step). ``keep``: a
+    directory to write every step point to (``NAME.csv``, ``study.records.load_points``' table)."""
     from mlflow.tracking import MlflowClient
 
     from study.constraints import VIOLATION
@@ -144,20 +192,61 @@ def run_study(name: str, *, space: str, sampler: str, scheduler: str, seed: int,
     client = MlflowClient(tracking_uri=tracking)
     experiment = client.get_experiment_by_name(name)
     points = load_points(client, experiment.experiment_id, statuses=None)
+    if keep:
+        Path(keep).mkdir(parents=True, exist_ok=True)
+        points.to_csv(Path(keep) / f"{name}.csv", index=False)
     violated = {run.info.run_id for run in child_runs(client, experiment.experiment_id) if VIOLATION in run.data.tags}
     rows = []
     for run_id, steps in points.groupby("run_id"):
         last = steps.loc[steps["step"].idxmax()]
+        feasible = run_id not in violated
+        curve = [
+            {"step": int(row["step"]), "epoch": float(row["epoch"]), "final_step": int(last["step"]),
+             "feasible": feasible, **{metric: float(row[metric]) for metric in METRICS}}
+            for _, row in steps.sort_values("step").iterrows()
+        ]  # fmt: skip
         rows.append(
             {
                 "trial_number": int(str(last["run_name"]).split("-")[-1]),
                 "status": last["status"],
                 "epochs": float(steps["epoch"].max()),
                 **{metric: float(last[metric]) for metric in METRICS},
-                "feasible": run_id not in violated,
+                "feasible": feasible,
+                "curve": curve,
             }
         )
     return pd.DataFrame(rows)
+
+
+def replay_line(studies: dict, sampler_arms: Sequence[str], *, trials: int, reference: Sequence[float]) -> str:
+    """moasha's rule replayed over every fifo study's trials that ran to their end (``replayed_ratio``)."""
+    from study.moasha import MOASHAScheduler
+    from study.names import FINAL_STEP
+    from study.schedulers import REDUCTION_FACTOR
+
+    curves = {
+        f"{arm}-{seed}-{row.trial_number}": row.curve
+        for (arm, seed), frame in studies.items()
+        if arm in sampler_arms
+        for row in frame.itertuples()
+        if row.status == "FINISHED"
+    }
+    if len(curves) <= trials:
+        return f"moasha replayed: not enough fifo trials ({len(curves)}) for orders of more than {trials}"
+
+    max_t = max(curve[-1]["final_step"] for curve in curves.values())
+
+    def make() -> MOASHAScheduler:  # the study's moasha (study.schedulers.make_scheduler) without its journal
+        return MOASHAScheduler(
+            metrics=list(METRICS), modes=["max", "min"], max_t=max_t, reduction_factor=REDUCTION_FACTOR,
+            final_attr=FINAL_STEP,
+        )  # fmt: skip
+
+    ratio, error = replayed_ratio(curves, make, trials=trials, reference=reference)
+    return (
+        f"moasha replayed over the {len(curves)} fifo trials in random orders, {trials} under fifo against as many as "
+        f"fit in their epochs: {ratio:.3f} (s.e. {error:.3f})"
+    )
 
 
 def finals_of(trials: pd.DataFrame) -> pd.DataFrame:
@@ -170,8 +259,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--num-samples", type=int, default=16, help="trials per fifo study (default: 16)")
     parser.add_argument("--seeds", type=int, default=3, help="seeds per arm (default: 3)")
     parser.add_argument(
-        "--moasha-extra", type=float, default=1.5, help="moasha's trials as a multiple of fifo's (default: 1.5)"
+        "--moasha-extra", type=float, default=2.0, help="moasha's trials as a multiple of fifo's (default: 2.0)"
     )
+    parser.add_argument(
+        "--moasha-only", action="store_true", help="only the TPE studies under fifo and moasha (default: off)"
+    )
+    parser.add_argument("--keep", default=None, help="a directory to keep every study's step points in (default: none)")
     parser.add_argument("--cache-dir", default=None, help="backbone cache (default: study.tune's)")
     budget = parser.add_mutually_exclusive_group()
     budget.add_argument("--quick", action="store_true", help="smoke budget, 6 trials, 2 seeds (default: off)")
@@ -182,6 +275,9 @@ def main(argv: list[str] | None = None) -> int:
         f"{MEDIUM_STEPS[0]}-{MEDIUM_STEPS[1]}, floor {MEDIUM_MIN_VAL_ACCURACY} (default: off)",
     )
     args = parser.parse_args(argv)
+    if args.moasha_extra < 1:
+        print(f"error: --moasha-extra {args.moasha_extra}: allowed: a multiple >= 1 of fifo's trials", file=sys.stderr)
+        return 2
     if args.quick:
         args.num_samples, args.seeds = 6, 2
     if args.medium:
@@ -201,14 +297,15 @@ def main(argv: list[str] | None = None) -> int:
         with tempfile.TemporaryDirectory(prefix="spa-quality-") as temporary:
             root = Path(temporary)
             space = str(medium_space(args.space, root)) if args.medium else args.space
+            sampler_arms = ("tpe",) if args.moasha_only else SAMPLER_ARMS
             for seed in range(args.seeds):
-                arms = [(sampler, "fifo", args.num_samples) for sampler in SAMPLER_ARMS]
+                arms = [(sampler, "fifo", args.num_samples) for sampler in sampler_arms]
                 arms.append(("tpe", "moasha", math.ceil(args.num_samples * args.moasha_extra)))
                 for sampler, scheduler, trials in arms:
                     arm = sampler if scheduler == "fifo" else scheduler
                     studies[(arm, seed)] = run_study(
                         f"quality-{arm}-{seed}", space=space, sampler=sampler, scheduler=scheduler, seed=seed,
-                        trials=trials, root=root, quick=args.quick, backbone_cache=args.cache_dir,
+                        trials=trials, root=root, quick=args.quick, backbone_cache=args.cache_dir, keep=args.keep,
                     )  # fmt: skip
                     print(f"seed {seed} {arm}: {len(studies[(arm, seed)])} trials "
                           f"({time.perf_counter() - started:.0f}s)", file=sys.stderr, flush=True)  # fmt: skip
@@ -218,8 +315,8 @@ def main(argv: list[str] | None = None) -> int:
     # Equal compute: the samplers' studies cut at the smallest total among them; moasha at fifo's (tpe's) total.
     cut: dict[tuple[str, int], pd.DataFrame] = {}
     for seed in range(args.seeds):
-        budget = min(studies[(arm, seed)]["epochs"].sum() for arm in SAMPLER_ARMS)
-        for arm in SAMPLER_ARMS:
+        budget = min(studies[(arm, seed)]["epochs"].sum() for arm in sampler_arms)
+        for arm in sampler_arms:
             cut[(arm, seed)] = cut_at_compute(studies[(arm, seed)], budget)
         cut[("fifo", seed)] = cut[("tpe", seed)]
         cut[("moasha", seed)] = cut_at_compute(studies[("moasha", seed)], cut[("tpe", seed)]["epochs"].sum())
@@ -227,17 +324,24 @@ def main(argv: list[str] | None = None) -> int:
     every = pd.concat([frame for frame in finals.values() if len(frame)] or [pd.DataFrame(columns=list(METRICS))])
     reference = (0.0, float(np.log10(every["learned_params"].max())) + 0.1 if len(every) else 1.0)
     volumes = {key: hypervolume_2d(study_losses(frame), reference) for key, frame in finals.items()}
-    for arm in (*SAMPLER_ARMS, "moasha"):
+    for arm in (*sampler_arms, "moasha"):
         shown = ", ".join(f"{volumes[(arm, seed)]:.3f}" for seed in range(args.seeds))
         epochs = ", ".join(f"{cut[(arm, seed)]['epochs'].sum():.0f}" for seed in range(args.seeds))
-        print(f"{arm:>7}: hypervolume by seed {shown} (epochs {epochs})")
+        completed = ", ".join(str(len(finals[(arm, seed)])) for seed in range(args.seeds))
+        print(f"{arm:>7}: hypervolume by seed {shown} (epochs {epochs}; feasible finals {completed})")
+    short = [
+        seed
+        for seed in range(args.seeds)
+        if studies[("moasha", seed)]["epochs"].sum() < cut[("fifo", seed)]["epochs"].sum()
+    ]
+    if short:
+        print(f"moasha ran out of trials short of fifo's compute in seeds {short}: raise --moasha-extra")
+
+    print(replay_line(studies, sampler_arms, trials=args.num_samples, reference=reference))
 
     ratios, spreads = {}, {}
-    for name, top, bottom in (
-        ("tpe_over_random", "tpe", "random"),
-        ("gp_over_random", "gp", "random"),
-        ("moasha_over_fifo", "moasha", "fifo"),
-    ):
+    pairs = [("tpe_over_random", "tpe", "random"), ("gp_over_random", "gp", "random")] if not args.moasha_only else []
+    for name, top, bottom in (*pairs, ("moasha_over_fifo", "moasha", "fifo")):
         by_seed = [[volumes[(arm, seed)] for seed in range(args.seeds)] for arm in (top, bottom)]
         ratios[name], spreads[name] = ratio_and_spread(*by_seed)
         beyond = "beyond" if abs(ratios[name] - 1) > spreads[name] else "within"

@@ -26,15 +26,16 @@ from torch.utils.data import DataLoader
 
 from spa import adapters, counting, gpu_data
 from spa.checkpoint import load_checkpoint, resize_to, save_checkpoint
-from spa.config import PRETRAINED_DIGITS, ExperimentConfig, RuntimeConfig
+from spa.config import PRETRAINED_DIGITS, ConfigError, ExperimentConfig, RuntimeConfig
 from spa.criteria import score_channels
 from spa.cuda_only import check_cuda_only
 from spa.data import Loaders, load_splits, make_loaders, score_loader
+from spa.graphs import CapturedStep
 from spa.loader_settings import available_cpus, loader_settings
 from spa.metrics import COST_METRIC_NAMES, EXTRA_METRIC_NAMES, METRIC_NAMES
 from spa.models import build_resnet
 from spa.pretrain import PretrainConfig, pretrained_backbone
-from spa.pruning import prune_to_density
+from spa.pruning import fewest_channels, prune_to_density
 from spa.schedules import density_schedule, explicit_schedule
 from spa.training import (
     NonFiniteLossError,
@@ -113,7 +114,8 @@ def run_experiment(
     ``resume_from`` is such a directory: the experiment continues with the next step and repeats no work.
     """
     device = resolve_device(config.runtime.device)
-    check_cuda_only(device, bf16=config.runtime.bf16)  # bf16 autocast exists on CUDA only: say so, not run fp32
+    # bf16 autocast and CUDA graphs exist on CUDA only: say so, rather than run without them
+    check_cuda_only(device, bf16=config.runtime.bf16, cuda_graphs=config.runtime.cuda_graphs)
     densities = pruning_densities(config)
     # Before seeding: pretraining a backbone that is not cached yet draws from the global RNG, and the run on a cold
     # cache would then initialise its adapters differently from every later run.
@@ -126,6 +128,7 @@ def run_experiment(
     info = loaders.info
     model = build_model(config, info.num_classes, info.cifar_stem, weights=weights)
     reference_channels = counting.conv_channels(model)
+    _check_floor(config, model, densities, reference_channels)
     _restore(model, state, device)
 
     with _checkpoint_directory(checkpoint_root) as checkpoints:
@@ -154,6 +157,22 @@ def run_experiment(
 
 def _silent(message: str) -> None:
     pass
+
+
+def _check_floor(config: ExperimentConfig, model: nn.Module, densities: list[float], reference_channels: int) -> None:
+    """Refuse, before any training, a schedule whose last density is under what ``min_channels`` leaves."""
+    if not densities:
+        return
+    floor = fewest_channels(model, config.prune.min_channels)
+    if round(densities[-1] * reference_channels) < floor:
+        lowest = floor / reference_channels
+        raise ConfigError(
+            f"final density {densities[-1]:g} is below the {lowest:.4f} that min_channels="
+            f"{config.prune.min_channels} leaves ({floor} of {reference_channels} conv channels); allowed: a final "
+            f"density >= {lowest:.4f}, or a lower min_channels",
+            field="min_channels",
+            allowed=f"a final density >= {lowest:.4f}, or a lower min_channels",
+        )
 
 
 def _prepare_runtime(runtime: RuntimeConfig) -> None:
@@ -252,12 +271,14 @@ def _train(setting: _Setting, model: nn.Module, *, step: int, epochs: int) -> _T
     train = setting.loaders.train
     scheduler = build_scheduler(optimizer, optim.lr_schedule, epochs, steps_per_epoch=len(train))  # per batch
     trained = compile_for_training(model, runtime.compile_backend) if runtime.compile and epochs else model
-    first_steps: list[float] = []  # the compiled first step of the phase: compile time plus one step
+    # One capture per phase: the shapes hold until the next pruning step.
+    captured = CapturedStep(model, nn.CrossEntropyLoss(), bf16=runtime.bf16) if runtime.cuda_graphs else None
+    first_steps: list[float] = []  # the first step of the phase: compile (or capture) time plus one step
     loss = float("nan")
     for epoch in range(epochs):
         started = time.perf_counter()
         seed = phase_seed(runtime.seed, step, epoch)
-        on_first_step = first_steps.append if runtime.compile and epoch == 0 else None
+        on_first_step = first_steps.append if (runtime.compile or runtime.cuda_graphs) and epoch == 0 else None
         loss = train_one_epoch(
             trained,
             train,
@@ -267,10 +288,12 @@ def _train(setting: _Setting, model: nn.Module, *, step: int, epochs: int) -> _T
             bf16=runtime.bf16,
             on_first_step=on_first_step,
             scheduler=scheduler,
+            captured=captured,
         )
         setting.log(f"step {step} epoch {epoch + 1}/{epochs}: loss {loss:.4f} ({time.perf_counter() - started:.1f}s)")
     if first_steps:
-        setting.log(f"step {step}: compiled in {first_steps[0]:.1f}s (the first step, compile included)")
+        done = "compiled" if runtime.compile else "captured as a CUDA graph"
+        setting.log(f"step {step}: {done} in {first_steps[0]:.1f}s (the first step, included)")
     if epochs > 0 and optim.precise_bn:
         recompute_batchnorm_statistics(model, setting.scoring_loader, setting.device)
     return _Trained(loss=loss, compile_s=sum(first_steps))
@@ -289,7 +312,7 @@ def _prune(setting: _Setting, model: nn.Module, density: float) -> float:
     )
     model.to("cpu")  # the dependency graph is traced on the CPU
     example_input = torch.zeros(1, *setting.loaders.info.input_size)
-    prune_to_density(model, scores, density, setting.reference_channels, example_input)
+    prune_to_density(model, scores, density, setting.reference_channels, example_input, min_channels=prune.min_channels)
     model.to(device)
     return evaluate(model, setting.loaders.val, device)
 

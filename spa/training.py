@@ -11,7 +11,7 @@ import random
 import time
 from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager, nullcontext
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -20,6 +20,9 @@ from torch import nn
 from spa.adapters import adapter_layers
 from spa.config import LR_SCHEDULES, OPTIMIZERS, ConfigError
 from spa.validation import is_int
+
+if TYPE_CHECKING:
+    from spa.graphs import CapturedStep
 
 __all__ = [
     "CHECK_EVERY",
@@ -172,6 +175,7 @@ def train_one_epoch(
     check_every: int | None = None,
     on_first_step: Callable[[float], None] | None = None,
     scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+    captured: CapturedStep | None = None,
 ) -> float:
     """One pass over ``loader``; returns the mean training loss. Raises ``NonFiniteLossError`` on divergence.
 
@@ -186,7 +190,10 @@ def train_one_epoch(
     comes before its batch's optimizer step, so with ``check_every=1`` a diverged batch never updates the model.
 
     ``on_first_step(seconds)`` is called with the wall time of the first batch's step (the device synchronised):
-    for a compiled model, the compile time plus one step.
+    for a compiled model, the compile time plus one step; with ``captured``, the capture plus one step.
+
+    ``captured`` (a ``spa.graphs.CapturedStep`` of ``model``, made for the phase): forward, loss and backward
+    replay as one CUDA graph; its ``bf16`` is the one that counts.
     """
     if check_every is None:
         check_every = CHECK_EVERY if device.type == "cuda" else 1
@@ -202,15 +209,19 @@ def train_one_epoch(
         images, labels = _to_device(images, labels, device)
         if batch_index == 0:
             started = time.perf_counter()
-        with autocast(device, bf16):
-            loss = loss_fn(model(images), labels)
+        if captured is not None:  # forward and backward at once: the gradients are ready before the check
+            loss = captured(images, labels) if captured.fits(images, labels) else captured.eager(images, labels)
+        else:
+            with autocast(device, bf16):
+                loss = loss_fn(model(images), labels)
         total += loss.detach().double() * labels.shape[0]  # no .item(): stays queued on the device
         count += labels.shape[0]
         if (batch_index + 1) % check_every == 0:
             _check_finite(total, checked, batch_index)
             checked = batch_index + 1
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        if captured is None:
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
         optimizer.step()
         if batch_index == 0 and on_first_step is not None:
             if device.type == "cuda":

@@ -8,8 +8,10 @@ Successive Halving", https://arxiv.org/abs/2106.12639) ranks a trial's whole obj
 The rule, as implemented here:
 
 - Rungs sit at ``grace_period * reduction_factor**k`` (k = 0, 1, ...) up to ``max_t``, in the time attribute (the
-  trial's reported pruning ``step``). A trial is judged once per rung, at its first result at or past it (a trial
-  that skips rungs is judged at the highest one it passed, as Ray's ASHA does).
+  trial's reported pruning ``step``); ``grace_period=0`` (the default) puts the first rung at step 0, the trained,
+  unpruned network, followed by those of grace period 1 (steps 0, 1, 2, 4, ...). A trial is judged once per rung, at
+  its first result at or past it (a trial that skips rungs is judged at the highest one it passed, as Ray's ASHA
+  does).
 - At a rung, the trial's objective vector joins those recorded there (every trial that reached it, stopped or not)
   and all are ranked (``rung_order``): by non-dominated sorting (front 0 = not dominated by any other), then within
   a front by crowding distance, larger first (NSGA-II's: the extremes of a front are infinitely far, so the most
@@ -18,6 +20,14 @@ The rule, as implemented here:
   it; ties go to the newcomer, as in Ray's ASHA (which continues a trial equal to its cutoff). So the first trial at
   a rung always continues, and a trial dominated by ``ceil(n / reduction_factor)`` others is always stopped.
 - A trial at its own final step (``final_attr`` >= time) is recorded but never stopped: it is done anyway.
+
+Why a rung at step 0: stopping pays only in the compute it saves, and in this project a trial spends most of its
+compute before its first pruning step (the transfer's ``epochs``, then ``recovery_epochs`` per step), so a first
+rung at step 1 comes after half a short trial or more. Step 0 is also the one point where every trial is at the
+same density, so the comparison is like with like. Replayed over 44 fifo trials of ``benchmarks/search_quality.py
+--medium`` at equal compute (issue 12): rungs at 1, 2, 4 reached 1.021x fifo's hypervolume, rungs at 0, 1, 2, 4
+1.050x, and an oracle that stops at step 1 exactly the trials whose final point ends off the front only 1.025x
+(benchmarks/README.md).
 
 Resuming: Ray 2.60 does not save a scheduler with the experiment state (``TuneController.__getstate__`` leaves out
 ``_scheduler_alg``; the scheduler comes back as ``tuner.pkl`` pickled it when the study began, with empty rungs).
@@ -52,11 +62,14 @@ logger = logging.getLogger(__name__)
 
 
 def rung_milestones(grace_period: float, reduction_factor: float, max_t: float) -> list[float]:
-    """``grace_period * reduction_factor**k`` for k = 0, 1, ... while at most ``max_t``."""
-    if not (grace_period > 0 and reduction_factor > 1 and max_t >= grace_period):
+    """``grace_period * reduction_factor**k`` for k = 0, 1, ... while at most ``max_t``; for ``grace_period=0``,
+    0 and then those of grace period 1."""
+    if not (grace_period >= 0 and reduction_factor > 1 and max_t >= grace_period):
         raise ValueError(
-            f"need 0 < grace_period <= max_t and reduction_factor > 1: {grace_period=}, {max_t=}, {reduction_factor=}"
+            f"need 0 <= grace_period <= max_t and reduction_factor > 1: {grace_period=}, {max_t=}, {reduction_factor=}"
         )
+    if grace_period == 0:
+        return [0.0, *(rung_milestones(1, reduction_factor, max_t) if max_t >= 1 else [])]
     milestones, milestone = [], float(grace_period)
     while milestone <= max_t:
         milestones.append(milestone)
@@ -140,7 +153,7 @@ class MOASHAScheduler(FIFOScheduler):
         modes: Sequence[str],
         max_t: float,
         time_attr: str = "step",
-        grace_period: float = 1,
+        grace_period: float = 0,
         reduction_factor: float = 2,
         final_attr: str | None = None,
         journal: str | os.PathLike[str] | None = None,

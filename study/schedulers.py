@@ -8,9 +8,9 @@ command can check ``--scheduler`` without it.
   schedules and stops the aggressive, few-parameter ones first (the cheap end of the front). Kept for single-objective
   spaces and for studies begun with it; its rung records are not kept across ``--resume`` (Ray does not save a
   scheduler with the experiment state).
-- ``moasha`` (``study.moasha``) ranks the whole objective vector at each rung by non-dominated sorting and stops
-  trials outside the top ``1/reduction_factor``; its rung records survive ``--resume`` (a journal in the study
-  directory).
+- ``moasha`` (``study.moasha``) ranks the whole objective vector at pruning steps 0 (trained, unpruned), 1, 2, 4, ...
+  by non-dominated sorting and stops trials outside the top ``1/reduction_factor``; its rung records survive
+  ``--resume`` (a journal in the study directory).
 
 Every stopped trial ends without error before its final step, so ``study.outcome.judge`` calls it PRUNED: Optuna is
 told PRUNED (``study.searcher``), MLflow records it KILLED with ``stopped_by`` (``study.tracking``), and it never
@@ -36,7 +36,8 @@ REDUCTION_FACTOR = 2
 MOASHA_JOURNAL = "moasha_rungs.jsonl"  # in the study directory
 SCHEDULER_HELP = (
     "fifo runs every trial to its final pruning step; "
-    "moasha stops trials outside the top half of a pruning step by non-dominated sorting of all objectives; "
+    "moasha stops trials outside the top half at pruning steps 0 (trained, unpruned), 1, 2, 4, ... by "
+    "non-dominated sorting of all objectives; "
     "asha stops trials whose first objective (val_accuracy) alone lags at equal step, so it stops aggressive, "
     "few-parameter schedules first; stopped trials are recorded as pruned, never on the front (default: fifo)"
 )
@@ -49,10 +50,12 @@ def make_scheduler(
     modes: Sequence[str],
     max_t: int,
     study_dir: str | os.PathLike[str],
-    grace_period: int = 1,
+    grace_period: int | None = None,
     reduction_factor: float = REDUCTION_FACTOR,
 ) -> TrialScheduler:
-    """Scheduler ``name`` over pruning steps (``step``) up to ``max_t``, the largest final step of the space."""
+    """Scheduler ``name`` over pruning steps (``step``) up to ``max_t``, the largest final step of the space; the
+    first rung (``grace_period``) by default at step 1 for asha (Ray's needs one >= 1) and at step 0 for moasha
+    (why: ``study.moasha``)."""
     # Ray loads here, not on import: the command checks its input before it loads Ray.
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
@@ -62,8 +65,10 @@ def make_scheduler(
         raise ValueError(f"scheduler={name!r} is not allowed; allowed: {', '.join(SCHEDULERS)}")
     if name == "fifo":
         return FIFOScheduler()
-    if max_t < grace_period:
-        raise ValueError(f"scheduler {name} stops trials at pruning steps, but {max_t=} < {grace_period=}")
+    if grace_period is None:
+        grace_period = 1 if name == "asha" else 0
+    if max_t < max(grace_period, 1):  # a space that prunes, as far as the first rung
+        raise ValueError(f"scheduler {name} stops trials at pruning steps, but {max_t=} < {max(grace_period, 1)}")
     if name == "asha":
         return ASHAScheduler(
             time_attr="step",

@@ -385,6 +385,47 @@ def test_search_quality_helpers() -> None:
     assert quality.ratio_and_spread([1.0], [0.0])[0] != quality.ratio_and_spread([1.0], [0.0])[0]  # NaN
     line = quality.ratios_line({"moasha_over_fifo": 1.0, "gp_over_random": 0.95, "tpe_over_random": 1.1, "x": 2.0})
     assert line == "tpe_over_random=1.100 gp_over_random=0.950 moasha_over_fifo=1.000"
+    assert quality.ratios_line({"moasha_over_fifo": 0.9}) == "moasha_over_fifo=0.900"  # --moasha-only
+
+
+def _curve(accuracy: float, params: float, *, steps: int = 2, feasible: bool = True) -> list[dict]:
+    """A trial's results by step: one epoch per step (step 0 at epoch 1), accuracy and parameters as given."""
+    return [
+        {"step": step, "epoch": step + 1.0, "final_step": steps, "feasible": feasible,
+         "val_accuracy": accuracy, "learned_params": params}
+        for step in range(steps + 1)
+    ]  # fmt: skip
+
+
+class _StopsAtStep:
+    """A scheduler that stops the named trials at ``step``."""
+
+    def __init__(self, names: set[str], step: int) -> None:
+        self.names, self.step = names, step
+
+    def decide(self, trial_id: str, result: dict) -> str:
+        return "STOP" if trial_id in self.names and result["step"] == self.step else "CONTINUE"
+
+
+def test_search_quality_replay() -> None:
+    quality = load("search_quality")
+    curves = {"a": _curve(0.9, 100.0), "b": _curve(0.5, 1000.0), "c": _curve(0.8, 10.0), "d": _curve(0.7, 1.0, steps=0)}
+    curves["e"] = _curve(0.99, 1.0, feasible=False)
+    # Stopped at step 0, b costs 1 epoch instead of 3: c (3 more) then fits a budget of 7, d does not.
+    losses = quality.replay_finals(curves, ["a", "b", "c", "d"], 7.0, _StopsAtStep({"b"}, 0))
+    assert losses.tolist() == [[-0.9, 2.0], [-0.8, 1.0]]
+    # Never stopping: only a and b fit; an infeasible trial spends its epochs and adds no final.
+    never = _StopsAtStep(set(), 0)
+    assert quality.replay_finals(curves, ["a", "b", "c"], 7.0, never).tolist() == [[-0.9, 2.0], [-0.5, 3.0]]
+    assert quality.replay_finals(curves, ["e", "a"], 6.0, never).tolist() == [[-0.9, 2.0]]
+    reference = (0.0, 3.5)
+    ratio, error = quality.replayed_ratio(curves, lambda: never, trials=2, reference=reference, orders=50)
+    assert ratio == 1.0 and error == 0.0
+    # Stopping the worst trial at step 0 frees epochs for others: never a smaller hypervolume, in some orders larger.
+    # b is dominated (by a and c): stopping it never costs a front point, and where its 2 freed epochs let d (one
+    # epoch, cheapest) in, the hypervolume grows.
+    ratio, error = quality.replayed_ratio(curves, lambda: _StopsAtStep({"b"}, 0), trials=2, reference=reference)
+    assert ratio > 1.0 and error > 0.0
 
 
 # --- command lines ------------------------------------------------------------------------------------------------

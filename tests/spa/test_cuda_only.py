@@ -32,3 +32,16 @@ def test_an_experiment_with_bf16_on_the_cpu_stops_before_any_work() -> None:
 
     with pytest.raises(ConfigError, match="bf16=True needs a CUDA device"):
         run_experiment(ExperimentConfig(runtime=RuntimeConfig(device="cpu", bf16=True)))
+
+
+def test_cuda_graphs_on_the_cpu_stops_before_any_work_and_refuses_compile_too() -> None:
+    from spa.config import ExperimentConfig, RuntimeConfig
+    from spa.experiment import run_experiment
+
+    with pytest.raises(ConfigError, match=r"^cuda_graphs=True needs a CUDA device, but this run uses 'cpu'"):
+        run_experiment(ExperimentConfig(runtime=RuntimeConfig(device="cpu", cuda_graphs=True)))
+    with pytest.raises(ConfigError, match=r"cuda_graphs=True .*false when compile is true") as error:
+        RuntimeConfig(compile=True, cuda_graphs=True)
+    assert "\n" not in str(error.value)
+    with pytest.raises(ConfigError, match=r"cuda_graphs='yes' .*true or false"):
+        RuntimeConfig(cuda_graphs="yes")

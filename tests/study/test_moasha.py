@@ -30,6 +30,9 @@ CONTINUE, STOP = TrialScheduler.CONTINUE, TrialScheduler.STOP
 
 def test_rung_milestones() -> None:
     assert rung_milestones(1, 2, 19) == [1, 2, 4, 8, 16]
+    assert rung_milestones(0, 2, 19) == [0, 1, 2, 4, 8, 16]  # step 0 first, then grace period 1's
+    assert rung_milestones(0, 3, 2) == [0, 1]
+    assert rung_milestones(0, 2, 0) == [0]
     assert rung_milestones(2, 3, 18) == [2, 6, 18]
     assert rung_milestones(1, 2, 1) == [1]
     with pytest.raises(ValueError, match="reduction_factor"):
@@ -105,11 +108,12 @@ def run_stream(scheduler: MOASHAScheduler, trials: dict[str, tuple[float, float]
     return stopped
 
 
-def make(journal: Path | None = None, eta: float = 2) -> MOASHAScheduler:
+def make(journal: Path | None = None, eta: float = 2, grace_period: float = 0) -> MOASHAScheduler:
     return MOASHAScheduler(
         metrics=["val_accuracy", "learned_params"],
         modes=["max", "min"],
         max_t=8,
+        grace_period=grace_period,
         reduction_factor=eta,
         final_attr="final_step",
         journal=journal,
@@ -119,7 +123,10 @@ def make(journal: Path | None = None, eta: float = 2) -> MOASHAScheduler:
 def test_stops_exactly_the_dominated_trials() -> None:
     stopped = run_stream(make(), {**FRONT, **DOMINATED})
     assert {t for t, step in stopped.items() if step >= 0} == set(DOMINATED)
-    assert all(stopped[t] == 1 for t in DOMINATED)  # at the first rung (grace period 1)
+    assert all(stopped[t] == 0 for t in DOMINATED)  # at the first rung: step 0, before any pruning
+    stopped = run_stream(make(grace_period=1), {**FRONT, **DOMINATED})
+    assert {t for t, step in stopped.items() if step >= 0} == set(DOMINATED)
+    assert all(stopped[t] == 1 for t in DOMINATED)  # grace period 1: a whole step later
 
 
 def test_accuracy_alone_would_stop_the_cheap_end() -> None:
@@ -127,18 +134,23 @@ def test_accuracy_alone_would_stop_the_cheap_end() -> None:
     cheap_first = {"f4": FRONT["f4"], "f3": FRONT["f3"], "f1": FRONT["f1"]}
     assert run_stream(make(), cheap_first)["f1"] == -1
     accuracy_only = MOASHAScheduler(metrics=["val_accuracy"], modes=["max"], max_t=8, final_attr="final_step")
-    assert run_stream(accuracy_only, cheap_first)["f1"] == 1
+    assert run_stream(accuracy_only, cheap_first)["f1"] == 0
 
 
 def test_a_trial_at_its_final_step_is_never_stopped() -> None:
-    scheduler = make()
+    scheduler = make(grace_period=1)
     run_stream(scheduler, FRONT)
     assert run_stream(scheduler, {"short": (0.1, 1000)}, steps=1) == {"short": -1}  # dominated, but done
     assert "short" in scheduler.rungs[1.0]  # and recorded
+    scheduler = make()
+    run_stream(scheduler, FRONT)
+    assert run_stream(scheduler, {"unpruned": (0.1, 1000)}, steps=0) == {"unpruned": -1}  # its step 0 is its end
+    assert "unpruned" in scheduler.rungs[0.0]
+    assert run_stream(scheduler, {"one_step": (0.1, 1000)}, steps=1) == {"one_step": 0}  # not at its end yet
 
 
 def test_results_without_the_metrics_or_before_the_grace_period_continue() -> None:
-    scheduler = make()
+    scheduler = make(grace_period=1)
     assert scheduler.decide("a", {"step": 3}) == CONTINUE
     assert scheduler.decide("a", {"step": 0, "val_accuracy": 0.1, "learned_params": 9}) == CONTINUE
     assert all(not recorded for recorded in scheduler.rungs.values())
@@ -167,7 +179,7 @@ def test_rung_records_survive_a_driver_resume(tmp_path: Path) -> None:
     run_stream(pickle.loads(as_pickled_at_start), first)  # the first driver, then killed
     resumed = pickle.loads(as_pickled_at_start)
     assert run_stream(resumed, second) == {t: expected[t] for t in second}
-    assert set(resumed.rungs[1.0]) == set(trials)
+    assert set(resumed.rungs[0.0]) == set(trials) and set(resumed.rungs[1.0]) == set(FRONT)
     # a trial that continues after the resume repeats no judgement at a rung it was already recorded at
     assert resumed.decide("f1", curve(*FRONT["f1"], 8)[1]) == CONTINUE
     assert len(journal.read_text().splitlines()) == sum(len(r) for r in resumed.rungs.values())
@@ -185,9 +197,23 @@ def test_save_and_restore(tmp_path: Path) -> None:
 def test_on_trial_result_and_complete_use_the_trial_id() -> None:
     scheduler = make()
     trial = SimpleNamespace(trial_id="t1")
-    assert scheduler.on_trial_result(None, trial, curve(0.5, 10, 2)[1]) == CONTINUE
+    for result in curve(0.5, 10, 2)[:2]:
+        assert scheduler.on_trial_result(None, trial, result) == CONTINUE
     scheduler.on_trial_complete(None, trial, curve(0.5, 10, 2)[2])
-    assert set(scheduler.rungs[1.0]) == {"t1"} and set(scheduler.rungs[2.0]) == {"t1"}
+    assert all(set(scheduler.rungs[rung]) == {"t1"} for rung in (0.0, 1.0, 2.0))
+
+
+def test_the_study_schedulers_first_rungs(tmp_path: Path) -> None:
+    """moasha judges at step 0 (trained, unpruned: every trial at the same density, the least compute spent), then 1,
+    2, 4; Ray's asha cannot start at 0 and keeps step 1."""
+    from study.schedulers import make_scheduler
+
+    objectives = {"metrics": ["val_accuracy", "learned_params"], "modes": ["max", "min"], "study_dir": tmp_path}
+    assert make_scheduler("moasha", max_t=4, **objectives).milestones == [0, 1, 2, 4]
+    assert make_scheduler("moasha", max_t=4, grace_period=1, **objectives).milestones == [1, 2, 4]
+    assert make_scheduler("asha", max_t=4, **objectives)._brackets[0]._rungs[-1][0] == 1  # Ray's lowest rung
+    with pytest.raises(ValueError, match="max_t=0 < 1"):
+        make_scheduler("moasha", max_t=0, **objectives)
 
 
 def test_refuses_bad_settings() -> None:

@@ -18,8 +18,8 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 # Two trials, one after the other; with the random sampler and seed 41 the first draws (rank 2, lr 0.05) and the
 # second (rank 32, lr 0.0001): more parameters and, at a learning rate that barely learns, less accuracy. So at the
-# first rung (step 1 of 2) the second trial is dominated by the only other trial there, outside the top half, and
-# MOASHA stops it.
+# first rung (step 0, trained and unpruned) the second trial is dominated by the only other trial there, outside the
+# top half, and MOASHA stops it before its first pruning step.
 SPACE = """
 description = "moasha smoke: two pruning steps; rank and learning rate at two extremes each"
 [fixed]
@@ -59,7 +59,7 @@ def test_moasha_smoke_study_stops_a_trial(tmp_path: Path, backbone_cache, ray_cl
     pruned = [t for t in trials if t.state == optuna.trial.TrialState.PRUNED]
     assert [t.number for t in pruned] == [1], f"MOASHA stopped: {[(t.params, t.state.name) for t in trials]}"
     for trial in pruned:
-        assert trial.values is None and trial.user_attrs["last_step"] == 1
+        assert trial.values is None and trial.user_attrs["last_step"] == 0
         assert {"last_val_accuracy", "last_learned_params"} <= set(trial.user_attrs)
 
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
