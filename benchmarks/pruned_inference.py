@@ -43,10 +43,13 @@ from torch import nn
 from torch.fx.experimental.optimization import fuse
 
 from spa.adapters import add_splora, mark_trainable, merge
+from spa.config import PruneConfig
 from spa.counting import conv_channels, flops
 from spa.criteria import normalize, score_channels
 from spa.models import ARCHITECTURES, build_resnet
 from spa.pruning import network_conv_names, prune_to_density
+
+PRUNE = PruneConfig()  # the harness default floor of channels per conv
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the helpers shared by the scripts beside this one
 from _timing import add_timing_flags, last_line, round_robin  # noqa: E402
@@ -159,7 +162,9 @@ def pruned_variants(
                 add_splora(model, 8, 1e-3)
             else:
                 mark_trainable(model, "finetune")
-            prune_to_density(model, _scores(model, scores, generator), density, reference, example)
+            prune_to_density(
+                model, _scores(model, scores, generator), density, reference, example, min_channels=PRUNE.min_channels
+            )
             if learner == "splora":
                 merge(model)
             variants[f"{learner}@{density:g}"] = model

@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader
 
 from spa import adapters, counting, gpu_data
 from spa.checkpoint import load_checkpoint, resize_to, save_checkpoint
-from spa.config import PRETRAINED_DIGITS, ExperimentConfig, RuntimeConfig
+from spa.config import PRETRAINED_DIGITS, ConfigError, ExperimentConfig, RuntimeConfig
 from spa.criteria import score_channels
 from spa.cuda_only import check_cuda_only
 from spa.data import Loaders, load_splits, make_loaders, score_loader
@@ -35,7 +35,7 @@ from spa.loader_settings import available_cpus, loader_settings
 from spa.metrics import COST_METRIC_NAMES, EXTRA_METRIC_NAMES, METRIC_NAMES
 from spa.models import build_resnet
 from spa.pretrain import PretrainConfig, pretrained_backbone
-from spa.pruning import prune_to_density
+from spa.pruning import fewest_channels, prune_to_density
 from spa.schedules import density_schedule, explicit_schedule
 from spa.training import (
     NonFiniteLossError,
@@ -128,6 +128,7 @@ def run_experiment(
     info = loaders.info
     model = build_model(config, info.num_classes, info.cifar_stem, weights=weights)
     reference_channels = counting.conv_channels(model)
+    _check_floor(config, model, densities, reference_channels)
     _restore(model, state, device)
 
     with _checkpoint_directory(checkpoint_root) as checkpoints:
@@ -156,6 +157,22 @@ def run_experiment(
 
 def _silent(message: str) -> None:
     pass
+
+
+def _check_floor(config: ExperimentConfig, model: nn.Module, densities: list[float], reference_channels: int) -> None:
+    """Refuse, before any training, a schedule whose last density is under what ``min_channels`` leaves."""
+    if not densities:
+        return
+    floor = fewest_channels(model, config.prune.min_channels)
+    if round(densities[-1] * reference_channels) < floor:
+        lowest = floor / reference_channels
+        raise ConfigError(
+            f"final density {densities[-1]:g} is below the {lowest:.4f} that min_channels="
+            f"{config.prune.min_channels} leaves ({floor} of {reference_channels} conv channels); allowed: a final "
+            f"density >= {lowest:.4f}, or a lower min_channels",
+            field="min_channels",
+            allowed=f"a final density >= {lowest:.4f}, or a lower min_channels",
+        )
 
 
 def _prepare_runtime(runtime: RuntimeConfig) -> None:
@@ -295,7 +312,7 @@ def _prune(setting: _Setting, model: nn.Module, density: float) -> float:
     )
     model.to("cpu")  # the dependency graph is traced on the CPU
     example_input = torch.zeros(1, *setting.loaders.info.input_size)
-    prune_to_density(model, scores, density, setting.reference_channels, example_input)
+    prune_to_density(model, scores, density, setting.reference_channels, example_input, min_channels=prune.min_channels)
     model.to(device)
     return evaluate(model, setting.loaders.val, device)
 

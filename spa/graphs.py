@@ -10,7 +10,9 @@ Shapes change only at pruning steps, so one capture serves a whole phase (``spa.
 schedules keep working (a captured step would bake the learning rate in). The gradients are the graph's own tensors:
 the capture starts with every ``.grad`` unset, so backward allocates them inside the graph, and each replay rewrites
 them; ``zero_grad(set_to_none=True)`` between replays would drop them. A batch of another shape (an epoch's last
-partial batch) runs eagerly into the same tensors (``eager``).
+partial batch) runs eagerly into the same tensors (``eager``). The graph also reads what was built from the frozen
+weights (``spa.fused`` keeps each layer's adapted kernel): a write to a frozen weight (its version counter moves)
+makes the next call capture afresh.
 
 Exactness: a replay runs the captured kernels on new inputs, so a phase computes what the eager loop computes. The
 warm-up passes that capturing needs (cuDNN picks its algorithms; autograd and autocast allocate lazily) run forward
@@ -36,6 +38,7 @@ class CapturedStep:
         self.model, self.loss_fn, self.bf16 = model, loss_fn, bf16
         self.parameters = [p for p in model.parameters() if p.requires_grad]
         self.graph: torch.cuda.CUDAGraph | None = None
+        self.frozen: list[tuple[torch.Tensor, int]] = []  # the frozen weights and their versions at capture
         self.images = self.labels = self.loss = None
         self.capture_seconds = 0.0
 
@@ -52,6 +55,8 @@ class CapturedStep:
     def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Run forward, loss and backward on the batch; the gradients are in ``.grad``. Returns the loss (the
         graph's own tensor, rewritten by the next call: read or copy it before then)."""
+        if self.graph is not None and any(t._version != version for t, version in self.frozen):
+            self.graph = None  # a frozen weight was written (a checkpoint load, say): what was built from it is stale
         if self.graph is None:
             self._capture(images, labels)
         self.images.copy_(images)
@@ -86,6 +91,7 @@ class CapturedStep:
         self.graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(self.graph):
             self.loss = self._forward_backward()
+        self.frozen = [(t, t._version) for t in self.model.parameters() if not t.requires_grad]
 
     def _forward_backward(self) -> torch.Tensor:
         with self._autocast():

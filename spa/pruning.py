@@ -32,6 +32,7 @@ __all__ = [
     "Scores",
     "ChannelGroup",
     "channel_groups",
+    "fewest_channels",
     "network_conv_names",
     "prune_to_channels",
     "prune_to_density",
@@ -73,8 +74,20 @@ def channel_groups(model: nn.Module, example_input: torch.Tensor) -> list[Channe
         return [group for group, _ in _coupled_groups(model, graph)]
 
 
+def fewest_channels(model: nn.Module, min_channels: int) -> int:
+    """The fewest conv output channels pruning can leave ``model`` with: ``min_channels`` per conv (its own width
+    if narrower). Tied convs have equal widths, so this is also the sum over the coupled groups."""
+    return sum(min(min_channels, conv.out_channels) for conv in network_conv_names(model).values())
+
+
 def prune_to_density(
-    model: nn.Module, scores: Scores, density: float, reference_channels: int, example_input: torch.Tensor
+    model: nn.Module,
+    scores: Scores,
+    density: float,
+    reference_channels: int,
+    example_input: torch.Tensor,
+    *,
+    min_channels: int,
 ) -> int:
     """``prune_to_channels`` with target ``round(density * reference_channels)``; ``reference_channels`` is the
     unpruned network's ``spa.counting.conv_channels``. Returns the number of conv output channels removed."""
@@ -82,18 +95,24 @@ def prune_to_density(
         raise ValueError(f"density={density!r} is not allowed; allowed: a number in (0, 1]")
     if not (is_int(reference_channels) and reference_channels >= 1):
         raise ValueError(f"reference_channels={reference_channels!r} is not allowed; allowed: an integer >= 1")
-    return prune_to_channels(model, scores, round(density * reference_channels), example_input)
+    return prune_to_channels(
+        model, scores, round(density * reference_channels), example_input, min_channels=min_channels
+    )
 
 
-def prune_to_channels(model: nn.Module, scores: Scores, target_channels: int, example_input: torch.Tensor) -> int:
+def prune_to_channels(
+    model: nn.Module, scores: Scores, target_channels: int, example_input: torch.Tensor, *, min_channels: int
+) -> int:
     """Remove the lowest-scored coupled channels until ``conv_channels(model) <= target_channels``.
 
     Ranking is global over all groups. A coupled channel (one residual-stream channel, removable only from every
     member at once) scores the mean of its members' scores for that channel. That is its summed score per conv
     channel it costs, so a residual channel (3 to 7 conv channels in ResNet-18/50) and an uncoupled one compete
     on the same per-channel scale that the per-layer score normalisation sets. Channels go in ascending score
-    (ties: model order, then channel index), skipping any whose group is down to one channel, until the target
-    is met; the last one may overshoot it by less than its group's cost.
+    (ties: model order, then channel index), skipping any whose group is down to ``min_channels`` (or to its own
+    width, if narrower), until the target is met; the last one may overshoot it by less than its group's cost.
+    The floor exists because global ranking can empty whole stages in one deep cut (lrp at 5 % left one channel in
+    every layer3/layer4 conv, and no recovery brought the network back; ``spa.config.PruneConfig.min_channels``).
 
     In place; the model keeps its train/eval mode and every parameter keeps its ``requires_grad`` flag (the
     pruned tensors are new ``nn.Parameter`` objects, so an optimizer built before this call is stale).
@@ -101,6 +120,8 @@ def prune_to_channels(model: nn.Module, scores: Scores, target_channels: int, ex
     """
     if not is_int(target_channels):
         raise ValueError(f"target_channels={target_channels!r} is not allowed; allowed: an integer")
+    if not (is_int(min_channels) and min_channels >= 1):
+        raise ValueError(f"min_channels={min_channels!r} is not allowed; allowed: an integer >= 1")
     convs = network_conv_names(model)
     _check_scores(scores, convs)
     current = conv_channels(model)
@@ -109,13 +130,14 @@ def prune_to_channels(model: nn.Module, scores: Scores, target_channels: int, ex
     with _requires_grad_restored(model):
         graph = _dependency_graph(model, example_input)
         groups = _coupled_groups(model, graph)
-        minimum = sum(group.cost for group, _ in groups)
+        floors = [min(min_channels, group.size) for group, _ in groups]
+        minimum = fewest_channels(model, min_channels)
         if target_channels < minimum:
             raise ValueError(
                 f"target_channels={target_channels} is not allowed; allowed: >= {minimum} "
-                f"(one channel in each of the {len(groups)} coupled groups)"
+                f"(min_channels={min_channels} in each of the {len(groups)} coupled groups)"
             )
-        plan = _select_channels([group for group, _ in groups], scores, current - target_channels)
+        plan = _select_channels([group for group, _ in groups], scores, current - target_channels, floors)
         ranks = {name: m.rank for name, m in adapter_layers(model)}
         for (_, root), idxs in zip(groups, plan, strict=True):
             if idxs:
@@ -131,8 +153,9 @@ def prune_to_channels(model: nn.Module, scores: Scores, target_channels: int, ex
     return removed
 
 
-def _select_channels(groups: list[ChannelGroup], scores: Scores, needed: int) -> list[list[int]]:
-    """Per group, the channel indices to remove: greedy over all coupled channels by ascending mean score."""
+def _select_channels(groups: list[ChannelGroup], scores: Scores, needed: int, floors: list[int]) -> list[list[int]]:
+    """Per group, the channel indices to remove: greedy over all coupled channels by ascending mean score, never
+    leaving a group with fewer than its ``floors`` entry."""
     coupled = [
         torch.stack([scores[name].detach().to("cpu", torch.float64) for name in group.members]).mean(0)
         for group in groups
@@ -148,7 +171,7 @@ def _select_channels(groups: list[ChannelGroup], scores: Scores, needed: int) ->
         if removed >= needed:
             break
         g = group_of[k]
-        if remaining[g] == 1:
+        if remaining[g] <= floors[g]:
             continue
         plan[g].append(channel_of[k])
         remaining[g] -= 1

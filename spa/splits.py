@@ -21,6 +21,7 @@ __all__ = [
     "IMAGENET_STD",
     "TEST_SPLIT_SEED",
     "TEST_FRACTION",
+    "VAL_FRACTION",
     "Transformed",
     "carve_val",
     "one_line",
@@ -34,6 +35,8 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 # run seed, so the test set is the same for every run.
 TEST_SPLIT_SEED = 0
 TEST_FRACTION = 0.2
+# The val share of the training data when neither the run nor the dataset names one (DatasetInfo.val_fraction).
+VAL_FRACTION = 0.1
 
 
 class DataError(ValueError):
@@ -48,6 +51,7 @@ class DatasetInfo:
     cifar_stem: bool  # a 3x3/1 stem without max-pool suits these inputs
     mean: tuple[float, float, float] = IMAGENET_MEAN  # the normalisation applied to the inputs
     std: tuple[float, float, float] = IMAGENET_STD
+    val_fraction: float = VAL_FRACTION  # the val share of the training data a run gets unless it names one
 
 
 @dataclass

@@ -20,8 +20,10 @@ from spa.splits import DataError
 MEAN = np.array([0.485, 0.456, 0.406])
 STD = np.array([0.229, 0.224, 0.225])
 DIGITS = load_digits()
-# (task, first original digit, expected train / val / test sizes at val_fraction 0.1)
-DIGIT_TASKS = [("digits-source", 0, (649, 72, 180)), ("digits", 5, (645, 72, 179))]
+# (task, first original digit, expected train / val / test sizes at the task's own val share: 0.1 for the old source,
+# 0.25 for the target, whose 0.1 would be 72 images, issue 10)
+DIGIT_TASKS = [("digits-source", 0, (649, 72, 180)), ("digits", 5, (538, 179, 179))]
+VAL_SHARES = {"digits-source": 0.1, "digits": 0.25}
 
 
 @pytest.fixture(autouse=True)
@@ -64,7 +66,7 @@ def test_digits_split_sizes(task: str, first: int, sizes: tuple[int, int, int]) 
     assert (len(splits.train), len(splits.val), len(splits.test)) == sizes
     assert len(splits.train) + len(splits.val) + len(splits.test) == n_task
     assert len(splits.test) == n_test
-    assert len(splits.val) == round(0.1 * n_train_part)
+    assert len(splits.val) == round(VAL_SHARES[task] * n_train_part)
     assert splits.info.num_classes == 5 and splits.info.input_size == (3, 32, 32)
     assert splits.info.cifar_stem is False
 
@@ -148,10 +150,12 @@ def test_digits_load_fast() -> None:
 
 
 def test_val_fraction_is_respected() -> None:
-    splits = load_splits("digits", val_fraction=0.25)
-    assert len(splits.val) == round(0.25 * (645 + 72))
-    with pytest.raises(DataError, match="val_fraction"):
-        load_splits("digits", val_fraction=1.0)
+    splits = load_splits("digits", val_fraction=0.1)
+    assert (len(splits.train), len(splits.val)) == (645, round(0.1 * (538 + 179)))
+    assert len(load_splits("digits", val_fraction=None).val) == len(load_splits("digits").val) == 179
+    for bad in (1.0, 0, True, "0.2"):
+        with pytest.raises(DataError, match=f"val_fraction={bad!r} is not allowed; allowed: a number in"):
+            load_splits("digits", val_fraction=bad)
 
 
 # --------------------------------------------------------------------------------------------------- loaders
@@ -162,7 +166,7 @@ def test_loaders_keep_every_val_and_test_sample() -> None:
     loaders = make_loaders(splits, batch_size=64, seed=0)
     test_sizes = [len(labels) for _, labels in loaders.test]
     assert test_sizes == [64, 64, 51]  # 179 samples: the partial batch is kept
-    assert sum(len(labels) for _, labels in loaders.val) == len(splits.val) == 72
+    assert sum(len(labels) for _, labels in loaders.val) == len(splits.val) == 179
     labels = torch.cat([labels for _, labels in loaders.test])
     torch.testing.assert_close(labels, splits.test.labels)  # in order, no shuffle
     images, _ = next(iter(loaders.test))
@@ -182,19 +186,19 @@ def test_train_order_is_seeded() -> None:
     labels_a, images_a = epoch(0)
     labels_b, images_b = epoch(0)
     labels_c, _ = epoch(1)
-    assert len(labels_a) == len(splits.train) == 645
+    assert len(labels_a) == len(splits.train) == 538
     torch.testing.assert_close(labels_a, labels_b)
     torch.testing.assert_close(images_a, images_b)
     assert not torch.equal(labels_a, labels_c)
     assert not torch.equal(labels_a, splits.train.labels)  # shuffled
 
 
-@pytest.mark.parametrize("batch_size, drops", [(644, True), (64, False), (645, False), (215, False)])
+@pytest.mark.parametrize("batch_size, drops", [(537, True), (179, True), (64, False), (538, False), (215, False)])
 def test_train_drops_only_a_lone_last_sample(batch_size: int, drops: bool) -> None:
-    splits = load_splits("digits")  # 645 training samples; 645 % 644 == 1
+    splits = load_splits("digits")  # 538 training samples; 538 % 537 == 538 % 179 == 1
     loader = make_loaders(splits, batch_size=batch_size).train
     assert loader.drop_last is drops
-    assert len(loader) == 645 // batch_size + (0 if drops or 645 % batch_size == 0 else 1)
+    assert len(loader) == 538 // batch_size + (0 if drops or 538 % batch_size == 0 else 1)
 
 
 def test_score_loader_is_the_plain_train_set_in_order() -> None:

@@ -33,7 +33,9 @@ def pruned_checkpoint(directory: Path, learner: str, density: float, *, cifar_st
             torch.nn.init.normal_(module.lora_b.weight, std=0.05)
     reference = counting.conv_channels(model)
     scores = {name: torch.rand(conv.out_channels) for name, conv in network_conv_names(model).items()}
-    prune_to_density(model, scores, density, reference, torch.zeros(1, 3, 32, 32))
+    prune_to_density(
+        model, scores, density, reference, torch.zeros(1, 3, 32, 32), min_channels=config.prune.min_channels
+    )
     save_checkpoint(directory, model, {"step": 1, "history": [], "config": config.to_flat()})
     return directory
 

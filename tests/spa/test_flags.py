@@ -60,7 +60,7 @@ ORIGINAL_DEFAULTS = {
     "dataset": "digits",
     "data_dir": None,
     "download": False,
-    "val_fraction": 0.1,
+    "val_fraction": None,  # the dataset's own share: 0.25 for digits since issue 10
     "batch_size": 32,
     "num_workers": None,  # the original's 0 on a CPU; cpus - 1 for image files on a GPU (spa.loader_settings)
     "arch": "resnet18",
@@ -85,6 +85,7 @@ ORIGINAL_DEFAULTS = {
     "shape": "geometric",
     "densities": None,
     "max_score_batches": None,
+    "min_channels": 8,  # at least 8 channels left in every conv since issue 10
     "seed": 0,
     "device": "auto",
     "threads": None,

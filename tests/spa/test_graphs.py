@@ -51,6 +51,8 @@ def test_every_replay_computes_the_eager_gradients_and_statistics_of_the_current
     optimizer = torch.optim.SGD([p for p in eager_model.parameters() if p.requires_grad], lr=0.05, momentum=0.9)
     captured = CapturedStep(graphed_model, nn.CrossEntropyLoss(), bf16=bf16)
     tolerance = 3e-2 if bf16 else 1e-4
+    learned = {name for name, p in graphed_model.named_parameters() if p.requires_grad}
+    buffers = {name for name, _ in graphed_model.named_buffers()}
     # The partial batch runs eagerly into the graph's gradients; the batch after it replays again.
     for step, (images, labels) in enumerate(_batches([16, 16, 8, 16])):
         images = images.to(CUDA).contiguous(memory_format=torch.channels_last)
@@ -76,8 +78,30 @@ def test_every_replay_computes_the_eager_gradients_and_statistics_of_the_current
             else:
                 assert torch.equal(graphed_state[name], value), name
         optimizer.step()
-        graphed_model.load_state_dict(eager_model.state_dict())  # in place: the graph reads the same tensors
+        graph = captured.graph
+        with torch.no_grad():  # the learned weights and the statistics, in place: the graph reads the same tensors
+            for name, value in eager_model.state_dict().items():
+                if name in learned or name in buffers:
+                    graphed_state[name].copy_(value)
+        assert captured.graph is graph  # frozen weights untouched: no new capture
     assert captured.graph is not None and captured.images.shape[0] == 16
+
+
+def test_a_write_to_a_frozen_weight_captures_afresh_and_the_replay_sees_it() -> None:
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    model = _model("splora")
+    captured = CapturedStep(model, nn.CrossEntropyLoss(), bf16=False)
+    images, labels = (t.to(CUDA) for t in _batches([8])[0])
+    captured(images, labels)
+    first = captured.graph
+    frozen = next(p for p in model.parameters() if not p.requires_grad and p.dim() == 4)
+    with torch.no_grad():
+        frozen.mul_(0.5)  # as a checkpoint load would: in place, the version counter moves
+    actual = captured(images, labels).clone()
+    assert captured.graph is not first
+    reference = copy.deepcopy(model)  # a copy builds its own kernels from the halved weight
+    expected = nn.functional.cross_entropy(reference(images), labels)
+    torch.testing.assert_close(actual, expected.detach(), rtol=1e-4, atol=1e-4)
 
 
 def test_train_one_epoch_replays_the_captured_step() -> None:

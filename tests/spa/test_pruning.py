@@ -17,7 +17,14 @@ from torch import nn
 from spa.adapters import SPLoRAConv2d, add_splora
 from spa.counting import conv_channels
 from spa.models import build_resnet
-from spa.pruning import ChannelGroup, channel_groups, network_conv_names, prune_to_channels, prune_to_density
+from spa.pruning import (
+    ChannelGroup,
+    channel_groups,
+    fewest_channels,
+    network_conv_names,
+    prune_to_channels,
+    prune_to_density,
+)
 
 RESNET18_GROUPS = [
     ("conv1", "layer1.0.conv2", "layer1.1.conv2"),
@@ -129,7 +136,7 @@ def test_pruned_model_equals_masked_model(arch: str, learner: str) -> None:
     scores = _random_scores(original, seed=2)
     groups = channel_groups(original, _example())
 
-    removed_count = prune_to_density(pruned, scores, 0.5, reference_channels, _example())
+    removed_count = prune_to_density(pruned, scores, 0.5, reference_channels, _example(), min_channels=1)
 
     assert pruned.training
     assert removed_count == reference_channels - conv_channels(pruned)
@@ -186,7 +193,7 @@ def test_splora_adapters_shrink_with_their_conv_and_keep_rank_and_flags() -> Non
     model = _model("resnet18", "splora")
     trainable_before = {n for n, p in model.named_parameters() if p.requires_grad}
     out_before = {n: m.out_channels for n, m in model.named_modules() if isinstance(m, SPLoRAConv2d)}
-    prune_to_density(model, _random_scores(model, seed=4), 0.4, conv_channels(model), _example())
+    prune_to_density(model, _random_scores(model, seed=4), 0.4, conv_channels(model), _example(), min_channels=1)
 
     adapters = [m for m in model.modules() if isinstance(m, SPLoRAConv2d)]
     assert len(adapters) == 20
@@ -211,7 +218,7 @@ def test_splora_adapters_shrink_with_their_conv_and_keep_rank_and_flags() -> Non
 def test_adapted_head_loses_input_features_but_keeps_its_rank_and_outputs() -> None:
     model = _model("resnet18", "finetune")
     add_splora(model, 4, 0.1, target=lambda name, module: isinstance(module, (nn.Conv2d, nn.Linear)))
-    prune_to_density(model, _random_scores(model, seed=9), 0.5, conv_channels(model), _example())
+    prune_to_density(model, _random_scores(model, seed=9), 0.5, conv_channels(model), _example(), min_channels=1)
     head = model.fc
     assert head.base_layer.in_features == head.lora_a.in_features == model.layer4[1].conv2.out_channels < 512
     assert head.rank == 4 and head.lora_b.out_features == head.base_layer.out_features == 10
@@ -222,7 +229,7 @@ def test_adapted_head_loses_input_features_but_keeps_its_rank_and_outputs() -> N
 def test_frozen_parameter_of_a_plain_conv_stays_frozen() -> None:
     model = _model("resnet18", "finetune")
     model.conv1.weight.requires_grad_(False)
-    prune_to_density(model, _random_scores(model, seed=5), 0.5, conv_channels(model), _example())
+    prune_to_density(model, _random_scores(model, seed=5), 0.5, conv_channels(model), _example(), min_channels=1)
     assert model.conv1.out_channels < 64
     assert not model.conv1.weight.requires_grad
     assert all(p.requires_grad for n, p in model.named_parameters() if n != "conv1.weight")
@@ -231,7 +238,7 @@ def test_frozen_parameter_of_a_plain_conv_stays_frozen() -> None:
 @pytest.mark.parametrize("learner", ["finetune", "splora"])
 def test_training_after_pruning_cannot_revive_channels(learner: str) -> None:
     model = _model("resnet18", learner)
-    prune_to_density(model, _random_scores(model, seed=6), 0.5, conv_channels(model), _example())
+    prune_to_density(model, _random_scores(model, seed=6), 0.5, conv_channels(model), _example(), min_channels=1)
     shapes = {n: p.shape for n, p in model.named_parameters()}
     channels = conv_channels(model)
     optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1, momentum=0.9)
@@ -252,7 +259,7 @@ def resnet18() -> nn.Module:
 def test_target_reached_within_one_group(resnet18: nn.Module, target: int) -> None:
     model = resnet18
     before = conv_channels(model)
-    removed = prune_to_channels(model, _random_scores(model, seed=7), target, _example())
+    removed = prune_to_channels(model, _random_scores(model, seed=7), target, _example(), min_channels=1)
     after = conv_channels(model)
     assert removed == before - after
     if target >= before:
@@ -263,11 +270,49 @@ def test_target_reached_within_one_group(resnet18: nn.Module, target: int) -> No
         assert all(g.size == 1 for g in channel_groups(model, _example()))
 
 
+def _layer4_lowest_scores(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Random scores in [1, 2), except every layer4 conv's in [0, 0.001): a deep cut empties layer4 first."""
+    scores = _random_scores(model, seed=11)
+    return {name: s * 0.001 if name.startswith("layer4") else 1 + s for name, s in scores.items()}
+
+
+@pytest.mark.parametrize("min_channels", [1, 8])
+def test_min_channels_is_the_floor_of_every_conv(resnet18: nn.Module, min_channels: int) -> None:
+    # By hand: layer4 holds 5 convs of 512 (conv1 x2, and conv2 x2 + downsample tied), the other 15 convs 2,240
+    # channels. Down to 8 each, layer4 gives up 5 * 504 = 2,520 of 4,800; the last 10 must then come from the other
+    # layers (within one residual group's cost of 3). Without a floor layer4 alone gives up all 2,530.
+    model = resnet18
+    target = 4800 - 5 * 504 - 10
+    prune_to_channels(model, _layer4_lowest_scores(model), target, _example(), min_channels=min_channels)
+    widths = {name: conv.out_channels for name, conv in network_conv_names(model).items()}
+    layer4 = {width for name, width in widths.items() if name.startswith("layer4")}
+    assert target - 3 < conv_channels(model) <= target
+    if min_channels == 8:
+        assert layer4 == {8}
+        assert 2240 - 10 - 2 <= sum(w for n, w in widths.items() if not n.startswith("layer4")) <= 2240 - 10
+    else:
+        assert min(layer4) < 8 and sum(w for n, w in widths.items() if not n.startswith("layer4")) == 2240
+    assert min(widths.values()) >= min_channels
+
+
+def test_fewest_channels_counts_the_floor_by_hand(resnet18: nn.Module) -> None:
+    # 20 convs, each at least 64 wide: min_channels per conv, or the conv's own width where that is smaller.
+    assert fewest_channels(resnet18, 8) == 20 * 8
+    assert fewest_channels(resnet18, 1) == 20
+    assert fewest_channels(resnet18, 100) == 5 * 64 + 15 * 100  # the stem and layer1 are 64 wide
+    assert fewest_channels(resnet18, 512) == 4800
+    with pytest.raises(ValueError, match=r"target_channels=159 is not allowed; allowed: >= 160 \(min_channels=8"):
+        prune_to_channels(resnet18, _random_scores(resnet18, 0), 159, _example(), min_channels=8)
+    assert conv_channels(resnet18) == 4800
+
+
 def test_iterative_pruning_follows_a_schedule(resnet18: nn.Module) -> None:
     model = resnet18
     reference = conv_channels(model)
     for density in (0.8, 0.5, 0.3):
-        removed = prune_to_density(model, _random_scores(model, seed=int(density * 10)), density, reference, _example())
+        removed = prune_to_density(
+            model, _random_scores(model, seed=int(density * 10)), density, reference, _example(), min_channels=1
+        )
         assert removed > 0
         assert math.isclose(conv_channels(model) / reference, density, abs_tol=3 / reference)
 
@@ -284,26 +329,53 @@ def _scores_with(model: nn.Module, name: str, value: object) -> dict[str, object
 @pytest.mark.parametrize(
     ("call", "needle"),
     [
-        (lambda m: prune_to_density(m, _random_scores(m, 0), 0.0, 4800, _example()), "density=0.0"),
-        (lambda m: prune_to_density(m, _random_scores(m, 0), 1.5, 4800, _example()), "density=1.5"),
-        (lambda m: prune_to_density(m, _random_scores(m, 0), math.nan, 4800, _example()), "density=nan"),
-        (lambda m: prune_to_density(m, _random_scores(m, 0), True, 4800, _example()), "density=True"),
-        (lambda m: prune_to_density(m, _random_scores(m, 0), 0.5, 0, _example()), "reference_channels=0"),
-        (lambda m: prune_to_density(m, _random_scores(m, 0), 0.001, 4800, _example()), "target_channels=5"),
-        (lambda m: prune_to_channels(m, _random_scores(m, 0), 19, _example()), "target_channels=19"),
-        (lambda m: prune_to_channels(m, _random_scores(m, 0), 100.0, _example()), "target_channels=100.0"),
-        (lambda m: prune_to_channels(m, _scores_with(m, "layer1.0.conv1", None), 100, _example()), "layer1.0.conv1"),
+        (lambda m: prune_to_density(m, _random_scores(m, 0), 0.0, 4800, _example(), min_channels=1), "density=0.0"),
+        (lambda m: prune_to_density(m, _random_scores(m, 0), 1.5, 4800, _example(), min_channels=1), "density=1.5"),
+        (
+            lambda m: prune_to_density(m, _random_scores(m, 0), math.nan, 4800, _example(), min_channels=1),
+            "density=nan",
+        ),
+        (lambda m: prune_to_density(m, _random_scores(m, 0), True, 4800, _example(), min_channels=1), "density=True"),
+        (
+            lambda m: prune_to_density(m, _random_scores(m, 0), 0.5, 0, _example(), min_channels=1),
+            "reference_channels=0",
+        ),
+        (
+            lambda m: prune_to_density(m, _random_scores(m, 0), 0.001, 4800, _example(), min_channels=1),
+            "target_channels=5",
+        ),
+        (lambda m: prune_to_channels(m, _random_scores(m, 0), 19, _example(), min_channels=1), "target_channels=19"),
+        (
+            lambda m: prune_to_channels(m, _random_scores(m, 0), 100.0, _example(), min_channels=1),
+            "target_channels=100.0",
+        ),
+        (lambda m: prune_to_channels(m, _random_scores(m, 0), 100, _example(), min_channels=0), "min_channels=0"),
+        (lambda m: prune_to_channels(m, _random_scores(m, 0), 100, _example(), min_channels=True), "min_channels=True"),
+        (
+            lambda m: prune_to_channels(m, _scores_with(m, "layer1.0.conv1", None), 100, _example(), min_channels=1),
+            "layer1.0.conv1",
+        ),
         (
             lambda m: prune_to_channels(
-                m, _scores_with(m, "layer1.0.conv1.base_layer", torch.ones(64)), 100, _example()
+                m, _scores_with(m, "layer1.0.conv1.base_layer", torch.ones(64)), 100, _example(), min_channels=1
             ),
             "layer1.0.conv1.base_layer",
         ),
-        (lambda m: prune_to_channels(m, _scores_with(m, "conv1", torch.ones(63)), 100, _example()), "(63,)"),
-        (lambda m: prune_to_channels(m, _scores_with(m, "conv1", torch.ones(64, 1)), 100, _example()), "(64, 1)"),
-        (lambda m: prune_to_channels(m, _scores_with(m, "conv1", [1.0] * 64), 100, _example()), "list"),
         (
-            lambda m: prune_to_channels(m, _scores_with(m, "conv1", torch.full((64,), math.nan)), 100, _example()),
+            lambda m: prune_to_channels(m, _scores_with(m, "conv1", torch.ones(63)), 100, _example(), min_channels=1),
+            "(63,)",
+        ),
+        (
+            lambda m: prune_to_channels(
+                m, _scores_with(m, "conv1", torch.ones(64, 1)), 100, _example(), min_channels=1
+            ),
+            "(64, 1)",
+        ),
+        (lambda m: prune_to_channels(m, _scores_with(m, "conv1", [1.0] * 64), 100, _example(), min_channels=1), "list"),
+        (
+            lambda m: prune_to_channels(
+                m, _scores_with(m, "conv1", torch.full((64,), math.nan)), 100, _example(), min_channels=1
+            ),
             "non-finite",
         ),
     ],

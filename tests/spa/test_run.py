@@ -78,6 +78,10 @@ def test_table_and_csv(tmp_path, spa_cache_dir: str, capsys: pytest.CaptureFixtu
         (["--dataset", "cifar10", "--data-dir", "/nonexistent/data"], "'/nonexistent/data' does not exist"),
         (["--device", "cuda"], "asked for a CUDA GPU but none is available"),
         (["--densities", "0.5,0.7"], "strictly decreasing"),
+        (  # refused before any training: 8 channels in each of resnet18's 20 convs are 160 of 4,800
+            ["--weights", "none", "--epochs", "50", "--final-density", "0.03"],
+            "final density 0.03 is below the 0.0333 that min_channels=8 leaves (160 of 4800 conv channels)",
+        ),
     ],
 )
 def test_bad_input_one_line_exit_2(argv: list[str], message: str, tmp_path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -107,6 +107,18 @@ REFUSALS = {
         "an integer >= 1",
         "threads=0 is not allowed; allowed: an integer >= 1",
     ),
+    "min_channels": (
+        lambda: PruneConfig(min_channels=0),
+        "min_channels",
+        "an integer >= 1",
+        "min_channels=0 is not allowed; allowed: an integer >= 1",
+    ),
+    "val_fraction": (
+        lambda: DataConfig(val_fraction=1.0),
+        "val_fraction",
+        "a number in (0, 1) or None",
+        "val_fraction=1.0 is not allowed; allowed: a number in (0, 1) or None",
+    ),
     "unknown key": (
         lambda: ExperimentConfig.from_flat({"rnak": 4}),
         "rnak",

@@ -14,9 +14,9 @@ from study.spaces import SPACES_DIR, SpaceError, list_spaces, load_space
 
 # Every shipped space as it loaded before the files were split into bases and overlays (captured from the flat
 # files of commit 02e4353; since then, by issue 10, only the shared budget in _common.toml (epochs 3 -> 6, lr_schedule
-# step -> cosine) and the splora spaces' lr range (1e-3..5e-2 -> 2e-3..2e-2, as adapters learn at 100x the lr)
-# changed): the overlays must resolve to exactly these values, parameter order included (Optuna samples in that
-# order, so a seeded study depends on it).
+# step -> cosine; final_density on a log scale, steps from 2) and the splora spaces' rank and lr ranges (rank from 1;
+# lr 1e-3..5e-2 -> 4e-3..2e-2, as adapters learn at 100x the lr) changed): the overlays must resolve to exactly these
+# values, parameter order included (Optuna samples in that order, so a seeded study depends on it).
 RESOLVED_BEFORE = Path(__file__).with_name("spaces_resolved.json")
 
 

@@ -115,15 +115,15 @@ def test_shipped_space_samples_valid_experiments(name: str) -> None:
 
 def test_optuna_distributions_follow_the_file() -> None:
     distributions = optuna_distributions(load_space("splora_any"))
-    assert distributions["rank"] == optuna.distributions.IntDistribution(2, 64, log=True)
+    assert distributions["rank"] == optuna.distributions.IntDistribution(1, 64, log=True)
     assert distributions["init_range"] == optuna.distributions.FloatDistribution(1e-5, 1e-1, log=True)
-    assert distributions["steps"] == optuna.distributions.IntDistribution(1, 4)
-    assert distributions["final_density"] == optuna.distributions.FloatDistribution(0.05, 0.6)
+    assert distributions["steps"] == optuna.distributions.IntDistribution(2, 4)
+    assert distributions["final_density"] == optuna.distributions.FloatDistribution(0.05, 0.6, log=True)
     assert distributions["criterion"] == optuna.distributions.CategoricalDistribution(list(CRITERIA_NAMES))
     finetune = optuna_distributions(load_space("finetune_lrp"))
     assert "rank" not in finetune and "init_range" not in finetune
     # SPLoRA's lr is its head's and BatchNorm's (the adapters learn at 100x): measured to train in this range.
-    assert distributions["lr"] == optuna.distributions.FloatDistribution(2e-3, 2e-2, log=True)
+    assert distributions["lr"] == optuna.distributions.FloatDistribution(4e-3, 2e-2, log=True)
     assert finetune["lr"] == optuna.distributions.FloatDistribution(3e-4, 2e-2, log=True)
 
 
