@@ -259,6 +259,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--num-samples", type=int, default=16, help="trials per fifo study (default: 16)")
     parser.add_argument("--seeds", type=int, default=3, help="seeds per arm (default: 3)")
     parser.add_argument(
+        "--first-seed", type=int, default=0, help="the first seed; more seeds of an earlier run (default: 0)"
+    )
+    parser.add_argument(
         "--moasha-extra", type=float, default=2.0, help="moasha's trials as a multiple of fifo's (default: 2.0)"
     )
     parser.add_argument(
@@ -278,11 +281,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.moasha_extra < 1:
         print(f"error: --moasha-extra {args.moasha_extra}: allowed: a multiple >= 1 of fifo's trials", file=sys.stderr)
         return 2
+    if args.first_seed < 0:
+        print(f"error: --first-seed {args.first_seed}: allowed: 0 or more", file=sys.stderr)
+        return 2
     if args.quick:
         args.num_samples, args.seeds = 6, 2
     if args.medium:
         args.num_samples, args.seeds = MEDIUM_NUM_SAMPLES, MEDIUM_SEEDS
 
+    seeds = range(args.first_seed, args.first_seed + args.seeds)
     import logging
 
     import optuna
@@ -298,7 +305,7 @@ def main(argv: list[str] | None = None) -> int:
             root = Path(temporary)
             space = str(medium_space(args.space, root)) if args.medium else args.space
             sampler_arms = ("tpe",) if args.moasha_only else SAMPLER_ARMS
-            for seed in range(args.seeds):
+            for seed in seeds:
                 arms = [(sampler, "fifo", args.num_samples) for sampler in sampler_arms]
                 arms.append(("tpe", "moasha", math.ceil(args.num_samples * args.moasha_extra)))
                 for sampler, scheduler, trials in arms:
@@ -314,7 +321,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # Equal compute: the samplers' studies cut at the smallest total among them; moasha at fifo's (tpe's) total.
     cut: dict[tuple[str, int], pd.DataFrame] = {}
-    for seed in range(args.seeds):
+    for seed in seeds:
         budget = min(studies[(arm, seed)]["epochs"].sum() for arm in sampler_arms)
         for arm in sampler_arms:
             cut[(arm, seed)] = cut_at_compute(studies[(arm, seed)], budget)
@@ -325,15 +332,11 @@ def main(argv: list[str] | None = None) -> int:
     reference = (0.0, float(np.log10(every["learned_params"].max())) + 0.1 if len(every) else 1.0)
     volumes = {key: hypervolume_2d(study_losses(frame), reference) for key, frame in finals.items()}
     for arm in (*sampler_arms, "moasha"):
-        shown = ", ".join(f"{volumes[(arm, seed)]:.3f}" for seed in range(args.seeds))
-        epochs = ", ".join(f"{cut[(arm, seed)]['epochs'].sum():.0f}" for seed in range(args.seeds))
-        completed = ", ".join(str(len(finals[(arm, seed)])) for seed in range(args.seeds))
+        shown = ", ".join(f"{volumes[(arm, seed)]:.3f}" for seed in seeds)
+        epochs = ", ".join(f"{cut[(arm, seed)]['epochs'].sum():.0f}" for seed in seeds)
+        completed = ", ".join(str(len(finals[(arm, seed)])) for seed in seeds)
         print(f"{arm:>7}: hypervolume by seed {shown} (epochs {epochs}; feasible finals {completed})")
-    short = [
-        seed
-        for seed in range(args.seeds)
-        if studies[("moasha", seed)]["epochs"].sum() < cut[("fifo", seed)]["epochs"].sum()
-    ]
+    short = [seed for seed in seeds if studies[("moasha", seed)]["epochs"].sum() < cut[("fifo", seed)]["epochs"].sum()]
     if short:
         print(f"moasha ran out of trials short of fifo's compute in seeds {short}: raise --moasha-extra")
 
@@ -342,7 +345,7 @@ def main(argv: list[str] | None = None) -> int:
     ratios, spreads = {}, {}
     pairs = [("tpe_over_random", "tpe", "random"), ("gp_over_random", "gp", "random")] if not args.moasha_only else []
     for name, top, bottom in (*pairs, ("moasha_over_fifo", "moasha", "fifo")):
-        by_seed = [[volumes[(arm, seed)] for seed in range(args.seeds)] for arm in (top, bottom)]
+        by_seed = [[volumes[(arm, seed)] for seed in seeds] for arm in (top, bottom)]
         ratios[name], spreads[name] = ratio_and_spread(*by_seed)
         beyond = "beyond" if abs(ratios[name] - 1) > spreads[name] else "within"
         print(f"{name}: {ratios[name]:.3f} (per-seed ratios' spread {spreads[name]:.3f}: {beyond} the spread)")

@@ -230,7 +230,7 @@ def test_a_pruned_resnet_steps_the_same_fused_or_not() -> None:
     x = torch.randn(2, 3, 16, 16)
     model(x).logsumexp(1).sum().backward()
     scores = {name: torch.rand(conv.out_channels) for name, conv in network_conv_names(model).items()}
-    prune_to_density(model, scores, 0.5, conv_channels(model), x[:1])
+    prune_to_density(model, scores, 0.5, conv_channels(model), x[:1], min_channels=1)
     model.zero_grad(set_to_none=True)
     with fused.enabled(False):
         expected = model(x)
