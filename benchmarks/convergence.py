@@ -51,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--val-fraction",
         type=float,
         default=DATA.val_fraction,
-        help=f"share of the training data held out as val (default: {DATA.val_fraction})",
+        help="share of the training data held out as val (default: the dataset's own, 0.25 for digits)",
     )
     parser.add_argument("--workers", type=int, default=2, help="runs side by side, one thread each (default: 2)")
     parser.add_argument(
