@@ -150,7 +150,13 @@ def null_trial(config: dict, null_steps: int) -> None:
 
 
 def driver_seconds(
-    trials: int, steps: int, concurrency: int, workdir: Path, seed: int, *, tracked: bool = True,
+    trials: int,
+    steps: int,
+    concurrency: int,
+    workdir: Path,
+    seed: int,
+    *,
+    tracked: bool = True,
     slow_s: float | None = None,
 ) -> tuple[float, LoopGaps]:
     """(wall seconds of Tuner.fit, the event loop's gaps) for a study of null trials; ``tracked=False`` leaves the
