@@ -40,7 +40,6 @@ class CapturedStep:
         self.graph: torch.cuda.CUDAGraph | None = None
         self.frozen: list[tuple[torch.Tensor, int]] = []  # the frozen weights and their versions at capture
         self.images = self.labels = self.loss = None
-        self.capture_seconds = 0.0
 
     def fits(self, images: torch.Tensor, labels: torch.Tensor) -> bool:
         """Whether a replay can take this batch: the first batch sets the shape, dtype and memory format."""
@@ -49,7 +48,8 @@ class CapturedStep:
         return (
             images.shape == self.images.shape
             and images.stride() == self.images.stride()
-            and (labels.shape == self.labels.shape and images.dtype == self.images.dtype)
+            and images.dtype == self.images.dtype
+            and labels.shape == self.labels.shape
         )
 
     def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
