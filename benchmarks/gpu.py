@@ -195,9 +195,15 @@ def build_model(arch: str, setting: Setting, learner: str, rank: int, device: to
 
 
 def training_block(
-    model: nn.Module, batches: Iterator[tuple[torch.Tensor, torch.Tensor]], steps: int, device: torch.device
+    model: nn.Module,
+    batches: Iterator[tuple[torch.Tensor, torch.Tensor]],
+    steps: int,
+    device: torch.device,
+    captured: CapturedStep | None = None,
 ) -> Callable[[], None]:
-    """``steps`` training steps on ``batches``; the loss is summed on the device (no host sync per step)."""
+    """``steps`` training steps on ``batches``; the loss is summed on the device (no host sync per step). With
+    ``captured`` (a ``spa.graphs.CapturedStep`` of ``model``), as a trial with ``cuda_graphs`` runs them: forward,
+    loss and backward replayed as one CUDA graph, the optimizer step eager."""
     optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-3, momentum=0.9)
     loss_fn = nn.CrossEntropyLoss()
     total = torch.zeros((), device=device)
@@ -206,32 +212,15 @@ def training_block(
         nonlocal total
         for _ in range(steps):
             x, y = next(batches)
-            optimizer.zero_grad(set_to_none=True)
-            with autocast(device, bf16=True):
-                loss = loss_fn(model(x), y)
-            loss.backward()
+            if captured is not None:
+                loss = captured(x, y)
+            else:
+                optimizer.zero_grad(set_to_none=True)
+                with autocast(device, bf16=True):
+                    loss = loss_fn(model(x), y)
+                loss.backward()
             optimizer.step()
             total = total + loss.detach().float()
-
-    return block
-
-
-def graphed_block(
-    model: nn.Module, batches: Iterator[tuple[torch.Tensor, torch.Tensor]], steps: int, device: torch.device
-) -> Callable[[], None]:
-    """``training_block`` as a trial with ``cuda_graphs`` runs it: forward, loss and backward replayed as one CUDA
-    graph (``spa.graphs.CapturedStep``, captured at the first step), the optimizer step eager."""
-    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-3, momentum=0.9)
-    captured = CapturedStep(model, nn.CrossEntropyLoss(), bf16=True)
-    total = torch.zeros((), device=device)
-
-    def block() -> None:
-        nonlocal total
-        for _ in range(steps):
-            x, y = next(batches)
-            loss = captured(x, y)
-            optimizer.step()
-            total = total + loss.float()
 
     return block
 
@@ -312,11 +301,12 @@ def measure_setting(
         blocks[f"end_to_end_pil_w{workers}_{learner}"] = training_block(
             model, pil_batches(data, labels, setting, workers, device), steps, device
         )
-        if device.type == "cuda":  # a model of its own: the graph owns its gradients
+        if device.type == "cuda":  # a model of its own, captured once: the graph owns its gradients
             graphed = build_model(arch, setting, learner, rank, device)
-            blocks[f"model_only_{learner}_graphed"] = graphed_block(graphed, repeat(fixed), steps, device)
-            blocks[f"end_to_end_gpu_resident_{learner}_graphed"] = graphed_block(
-                graphed, device_batches(data, labels, setting, device), steps, device
+            captured = CapturedStep(graphed, nn.CrossEntropyLoss(), bf16=True)
+            blocks[f"model_only_{learner}_graphed"] = training_block(graphed, repeat(fixed), steps, device, captured)
+            blocks[f"end_to_end_gpu_resident_{learner}_graphed"] = training_block(
+                graphed, device_batches(data, labels, setting, device), steps, device, captured
             )
         if compile_models:
             compiled = torch.compile(build_model(arch, setting, learner, rank, device))

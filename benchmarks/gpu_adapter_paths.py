@@ -22,7 +22,6 @@ import argparse
 import collections
 import statistics
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -37,6 +36,7 @@ from spa.models import build_resnet
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from adapter_step import floor  # noqa: E402
+from gpu import time_blocks  # noqa: E402
 
 FORMATS: collections.Counter = collections.Counter()
 
@@ -102,64 +102,46 @@ def _patched(conv: Callable | None) -> Callable[[Callable[[], None]], Callable[[
     return wrap
 
 
-def _fuse(on: bool) -> Callable[[Callable[[], None]], Callable[[], None]]:
-    """Run a step (and so a capture) with ``spa.fused`` on or off."""
-
-    def wrap(step: Callable[[], None]) -> Callable[[], None]:
-        def run() -> None:
-            with fused.enabled(on):
-                step()
-
-        return run
-
-    return wrap
-
-
-def make_step(model: nn.Module, batch: int, device: torch.device, fuse: bool) -> Callable[[], None]:
+def make_step(model: nn.Module, batch: int, device: torch.device, fuse: bool, graphed: bool) -> Callable[[], None]:
+    """One training step on a fixed batch, with ``spa.fused`` on or off; ``graphed``: forward, loss and backward
+    replayed as one CUDA graph (``spa.graphs``, captured at the first call, with the same ``fuse``)."""
     model.to(device, memory_format=torch.channels_last).train()
     optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-3, momentum=0.9)
     x = torch.randn(batch, 3, 32, 32, device=device).contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 10, (batch,), device=device)
+    captured = CapturedStep(model, nn.CrossEntropyLoss(), bf16=True) if graphed else None
 
     def step() -> None:
-        with fused.enabled(fuse), torch.autocast("cuda", dtype=torch.bfloat16):
-            loss = F.cross_entropy(model(x), y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-
-    return step
-
-
-def make_graphed_step(model: nn.Module, batch: int, device: torch.device) -> Callable[[], None]:
-    """``make_step`` with forward, loss and backward replayed as one CUDA graph (``spa.graphs``)."""
-    model.to(device, memory_format=torch.channels_last).train()
-    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-3, momentum=0.9)
-    x = torch.randn(batch, 3, 32, 32, device=device).contiguous(memory_format=torch.channels_last)
-    y = torch.randint(0, 10, (batch,), device=device)
-    captured = CapturedStep(model, nn.CrossEntropyLoss(), bf16=True)
-
-    def step() -> None:
-        captured(x, y)
+        with fused.enabled(fuse):
+            if captured is not None:
+                captured(x, y)
+            else:
+                optimizer.zero_grad(set_to_none=True)
+                with torch.autocast("cuda", dtype=torch.bfloat16):
+                    loss = F.cross_entropy(model(x), y)
+                loss.backward()
         optimizer.step()
 
     return step
 
 
 def timed(steps: dict[str, Callable[[], None]], blocks: int, per_block: int, warmup: int) -> dict[str, float]:
-    for step in steps.values():
-        for _ in range(warmup):
-            step()
-    torch.cuda.synchronize()
-    times: dict[str, list[float]] = {name: [] for name in steps}
-    for _ in range(blocks):
-        for name, step in steps.items():
-            start = time.perf_counter()
+    """Median seconds per step of each variant: ``gpu.time_blocks`` over blocks of ``per_block`` steps, after
+    ``warmup`` untimed steps of each."""
+
+    def block(step: Callable[[], None]) -> Callable[[], None]:
+        def run() -> None:
             for _ in range(per_block):
                 step()
-            torch.cuda.synchronize()
-            times[name].append((time.perf_counter() - start) / per_block)
-    return {name: statistics.median(values) for name, values in times.items()}
+
+        return run
+
+    def warm(name: str) -> None:
+        for _ in range(warmup):
+            steps[name]()
+
+    times, _ = time_blocks({name: block(step) for name, step in steps.items()}, blocks, warm, torch.device("cuda"))
+    return {name: statistics.median(values) / per_block for name, values in times.items()}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -200,11 +182,7 @@ def main(argv: list[str] | None = None) -> int:
                 model = floor(model)
             elif kind == "splora":
                 model = add_splora(model, args.rank, 1e-3)
-            if name.endswith("_graphed"):
-                step = make_graphed_step(model, batch, device)
-                steps[name] = _fuse(fuse)(step)
-            else:
-                steps[name] = _patched(conv)(make_step(model, batch, device, fuse))
+            steps[name] = _patched(conv)(make_step(model, batch, device, fuse, graphed=name.endswith("_graphed")))
         medians = timed(steps, args.blocks, args.per_block, args.warmup)
         for name, seconds in medians.items():
             print(

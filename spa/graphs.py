@@ -53,8 +53,11 @@ class CapturedStep:
         )
 
     def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Run forward, loss and backward on the batch; the gradients are in ``.grad``. Returns the loss (the
-        graph's own tensor, rewritten by the next call: read or copy it before then)."""
+        """Run forward, loss and backward on the batch; the gradients are in ``.grad``. Returns the loss (for a
+        replay, the graph's own tensor, rewritten by the next call: read or copy it before then). A batch that does
+        not ``fit`` runs ``eager``."""
+        if not self.fits(images, labels):
+            return self.eager(images, labels)
         if self.graph is not None and any(t._version != version for t, version in self.frozen):
             self.graph = None  # a frozen weight was written (a checkpoint load, say): what was built from it is stale
         if self.graph is None:
@@ -65,7 +68,7 @@ class CapturedStep:
         return self.loss
 
     def eager(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """The same pass without the graph, for a batch that does not fit: gradients zeroed in place, not unset."""
+        """The same pass without the graph (a batch that does not fit): gradients zeroed in place, not unset."""
         for parameter in self.parameters:
             if parameter.grad is not None:
                 parameter.grad.zero_()

@@ -210,7 +210,7 @@ def train_one_epoch(
         if batch_index == 0:
             started = time.perf_counter()
         if captured is not None:  # forward and backward at once: the gradients are ready before the check
-            loss = captured(images, labels) if captured.fits(images, labels) else captured.eager(images, labels)
+            loss = captured(images, labels)
         else:
             with autocast(device, bf16):
                 loss = loss_fn(model(images), labels)
