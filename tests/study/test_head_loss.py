@@ -72,7 +72,7 @@ def test_head_loss_then_resume_elsewhere_restores_and_completes(tmp_path, backbo
     try:
         deadline = time.monotonic() + 300
         # Killed after the first trial ended and the second reported a step: one trial done, one to continue.
-        while "trial-001 reported step 0" not in latest_reasons(bucket):
+        while "trial-001 reported step 0" not in latest_reasons(bucket):  # lagging_tune.HANG_AFTER: then it hangs
             assert first.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
             assert time.monotonic() < deadline, "no snapshot after the second trial's first step"
             time.sleep(0.1)
