@@ -13,8 +13,8 @@ On the CPU the factors' gradients skip ``dW_c`` altogether (``low_rank_gradients
 batch 32: +107 ms on a 298 ms floor step, against about 23 ms alone); side by side, the step with it measured 1.19x
 the floor against 1.12x with the batched products (CPU seconds, 1 thread; benchmarks/README.md, issue 14). Each
 product reads x or g whole, so the four read each twice from memory; at 128 pixels per sample and more they run a
-few samples at a time (one per thread), and the second read of a sample comes from cache (``_in_chunks``). On CUDA
-the 1x1 weight gradient stays with cuDNN until a GPU measures the other.
+sample at a time on one thread, and the second read of a sample comes from cache (``_per_sample``). On CUDA the 1x1
+weight gradient stays with cuDNN until a GPU measures the other.
 
 Why the centre tap is a 1x1 conv: with padding k // 2 and stride s, output pixel (h, w) sees input pixel
 (h*s, w*s) through the centre tap, which is exactly a 1x1 conv of stride s and no padding.
@@ -52,8 +52,8 @@ __all__ = [
 ]
 
 _enabled = True
-# Pixels per sample from which the CPU's factor gradients run a few samples at a time (``_in_chunks``): ResNet-18 at
-# batch 32, 1 thread, cold caches, per conv: 5.3 -> 3.7 ms at 32 x 32 px, 2.3 -> 1.8 at 16 x 16, even at 8 x 8.
+# Pixels per sample from which the CPU's factor gradients run a sample at a time on one thread (``_per_sample``):
+# ResNet-18 at batch 32, cold caches, per conv: 5.3 -> 3.7 ms at 32 x 32 px, 2.3 -> 1.8 at 16 x 16, even at 8 x 8.
 CHUNK_PIXELS = 128
 
 
@@ -260,10 +260,8 @@ def low_rank_gradients(
     a, b_t = lora_a.view(rank, -1), lora_b.view(-1, rank).t()  # (r, in), (r, out)
     if a.dtype != x.dtype:
         a, b_t = a.to(x.dtype), b_t.to(x.dtype)
-    threads = torch.get_num_threads()
-    if x.device.type == "cpu" and inputs.shape[2] >= CHUNK_PIXELS:
-        chunk = threads if batch % threads == 0 else 1
-        grad_a, grad_b_t = _in_chunks(grads, inputs, a, b_t, chunk)
+    if x.device.type == "cpu" and inputs.shape[2] >= CHUNK_PIXELS and torch.get_num_threads() == 1:
+        grad_a, grad_b_t = _per_sample(grads, inputs, a, b_t)
     else:
         # bmm over the factor expanded (no copy): matmul would fold (N, out, P) into (N * P, out), a transposed copy.
         projected_grads = torch.bmm(b_t.expand(batch, -1, -1), grads)  # (N, r, P): B^T g
@@ -276,17 +274,19 @@ def low_rank_gradients(
     return grad_a.view(lora_a.shape), grad_b_t.t().reshape(lora_b.shape)
 
 
-def _in_chunks(
-    grads: torch.Tensor, inputs: torch.Tensor, a: torch.Tensor, b_t: torch.Tensor, chunk: int
+def _per_sample(
+    grads: torch.Tensor, inputs: torch.Tensor, a: torch.Tensor, b_t: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``low_rank_gradients``' four products ``chunk`` samples at a time, so each sample's ``x_n`` and ``g_n`` are
-    read from memory once and reused from cache by the second product that needs them (the whole-batch products
-    read x and g twice each). ``chunk``: one sample per thread, so each bmm still keeps every thread busy.
-    Returns ``dA`` (r, in) and ``dB^T`` (r, out)."""
-    sums_a = a.new_zeros(chunk, *a.shape)  # (c, r, in): per-slot sums, added up at the end
-    sums_b_t = b_t.new_zeros(chunk, *b_t.shape)  # (c, r, out)
-    a_c, b_t_c = a.expand(chunk, -1, -1), b_t.expand(chunk, -1, -1)
-    for g_c, x_c in zip(grads.split(chunk), inputs.split(chunk), strict=True):
-        sums_a.baddbmm_(torch.bmm(b_t_c, g_c), x_c.transpose(1, 2))  # += (B^T g) x^T
-        sums_b_t.baddbmm_(torch.bmm(a_c, x_c), g_c.transpose(1, 2))  # += (A x) g^T
-    return sums_a.sum(0), sums_b_t.sum(0)
+    """``low_rank_gradients``' four products one sample at a time, so each sample's ``x_n`` and ``g_n`` are read from
+    memory once and reused from cache by the second product that needs them (the whole-batch products read x and g
+    twice each). Returns ``dA`` (r, in) and ``dB^T`` (r, out).
+
+    Used with one thread only: with two, chunks of one sample per thread made each conv's backward 64 small
+    parallel regions instead of 4, and the step measured 1.72x the floor against 1.20x whole-batch (wall clock,
+    load 6-16: a region waits for whichever thread the machine has descheduled)."""
+    sum_a, sum_b_t = a.new_zeros(1, *a.shape), b_t.new_zeros(1, *b_t.shape)  # (1, r, in), (1, r, out)
+    a_1, b_t_1 = a.unsqueeze(0), b_t.unsqueeze(0)
+    for g_n, x_n in zip(grads.split(1), inputs.split(1), strict=True):  # (1, out, P), (1, in, P)
+        sum_a.baddbmm_(torch.bmm(b_t_1, g_n), x_n.transpose(1, 2))  # += (B^T g) x^T
+        sum_b_t.baddbmm_(torch.bmm(a_1, x_n), g_n.transpose(1, 2))  # += (A x) g^T
+    return sum_a[0], sum_b_t[0]

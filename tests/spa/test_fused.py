@@ -115,8 +115,7 @@ def test_low_rank_factor_gradients_equal_those_from_the_centre_tap_gradient(
 ) -> None:
     """The CPU's rank-space dA, dB (``low_rank_gradients``) against B^T dW_c and dW_c A^T with dW_c from the conv
     library (the CUDA branch's route), and against an einsum over the sampled pixels. From 128 sampled pixels per
-    sample the products run in chunks of samples: one per thread, or one if the batch (5) does not divide among the
-    threads."""
+    sample, on one thread, the products run a sample at a time (``chunked``): here with one thread throughout."""
     torch.manual_seed(2)
     rank, inputs, outputs = 3, 5, 7
     x = torch.randn(batch, inputs, width, width, dtype=torch.double)
@@ -127,7 +126,12 @@ def test_low_rank_factor_gradients_equal_those_from_the_centre_tap_gradient(
     grad_output = torch.randn(batch, outputs, size, size, dtype=torch.double)
     lora_a = torch.randn(rank, inputs, 1, 1, dtype=torch.double)
     lora_b = torch.randn(outputs, rank, 1, 1, dtype=torch.double)
-    grad_a, grad_b = fused.low_rank_gradients(grad_output, x, lora_a, lora_b, (stride, stride))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        grad_a, grad_b = fused.low_rank_gradients(grad_output, x, lora_a, lora_b, (stride, stride))
+    finally:
+        torch.set_num_threads(threads)
     centre = fused.centre_tap_gradient(grad_output, x, (stride, stride))
     by_hand = torch.einsum("nohw,nihw->oi", grad_output, x[:, :, ::stride, ::stride])
     torch.testing.assert_close(centre, by_hand)
