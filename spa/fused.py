@@ -53,7 +53,7 @@ __all__ = [
 
 _enabled = True
 # Pixels per sample from which the CPU's factor gradients run a sample at a time on one thread (``_per_sample``):
-# ResNet-18 at batch 32, cold caches, per conv: 5.3 -> 3.7 ms at 32 x 32 px, 2.3 -> 1.8 at 16 x 16, even at 8 x 8.
+# ResNet-18 at batch 32, cold caches, per conv: 5.3 -> 3.8 ms at 32 x 32 px, 2.2 -> 2.0 at 16 x 16, even at 8 x 8.
 CHUNK_PIXELS = 128
 
 
