@@ -25,19 +25,25 @@ clock and thermal drift hit all alike; images/s is that of the median block. ``-
 ``torch.compile``d model-only variants and reports their compile time.
 
 The paper-protocol trial time is implied, not run: CIFAR-10's 45,000 training images (after the 10 % val split) x
-(30 + 19 x 20) epochs at the end-to-end SPLoRA images/s of ``cifar32`` with the GPU-resident path, plus a val and test
-pass (15,000 images) per step at ``EVAL_SPEEDUP`` x that rate; pruned networks get faster step by step, so it is an
-upper bound on the training part.
+30 epochs at density 1, then 20 recovery epochs at each density of the paper's schedule (linear, 5 % of the channels
+per step: 0.95, 0.90, ..., 0.05), plus a val and test pass (15,000 images) after the first phase and after each step
+at ``EVAL_SPEEDUP`` x the training rate. Each step trains a smaller network, so ``cifar32`` also times SPLoRA model
+only at ``--densities`` (physically pruned by ``spa.pruning.prune_to_density`` on the weight criterion's scores,
+eager and graphed), interpolates seconds per image linearly in density between them, and scales each rate by the
+unpruned end-to-end / model-only ratio of the same path: ``paper_trial_minutes``. ``paper_trial_minutes_unpruned``
+is the old figure, every phase at the unpruned end-to-end rate (an upper bound on the training part).
 
-Last line: ``end_to_end_over_model_only=.. splora_over_finetune=.. paper_trial_minutes=..`` (SPLoRA, ``cifar32``,
-GPU-resident, CUDA graphs; SPLoRA over fine-tuning end to end); each setting prints the same figures for the eager
-and the graphed path before it. Without CUDA it prints one line to stderr and exits 2; so does a
-non-CUDA ``--device``.
+Last line: ``end_to_end_over_model_only=.. splora_over_finetune=.. paper_trial_minutes=..
+paper_trial_minutes_unpruned=..`` (SPLoRA, ``cifar32``, GPU-resident, CUDA graphs; SPLoRA over fine-tuning end to
+end); each setting prints the same figures for the eager and the graphed path before it (``r50_224`` only the
+unpruned trial time: the paper's CIFAR runs are at 32 px). Without CUDA it prints one line to stderr and exits 2;
+so does a non-CUDA ``--device``, and ``--densities`` without 0.05 (before anything else).
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import statistics
 import sys
 import time
@@ -54,9 +60,14 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms as T
 
 from spa.adapters import add_splora, mark_trainable
+from spa.config import PruneConfig
+from spa.counting import conv_channels
+from spa.criteria import score_channels
 from spa.gpu_data import CROP_PADDING, Augmentation, DeviceLoader, DeviceSet
 from spa.graphs import CapturedStep
 from spa.models import build_resnet
+from spa.pruning import prune_to_density
+from spa.schedules import density_schedule
 from spa.splits import IMAGENET_MEAN, IMAGENET_STD, DatasetInfo
 from spa.training import autocast
 
@@ -66,6 +77,8 @@ from _timing import last_line  # noqa: E402
 CIFAR10_TRAIN_IMAGES = 45_000  # 50,000 less the 10 % val split
 CIFAR10_EVAL_IMAGES = 15_000  # val 5,000 + test 10,000, evaluated after every step
 PAPER_EPOCHS, PAPER_STEPS, PAPER_RECOVERY_EPOCHS = 30, 19, 20
+PAPER_FINAL_DENSITY = 0.05  # the original code removes 5 % of the channels per step, 19 steps to 5 % (docs/METHOD.md)
+DENSITIES = "0.75,0.5,0.25,0.05"  # pruned networks timed by default; seconds per image interpolated between them
 EVAL_SPEEDUP = 3.0  # an inference image costs about a third of a training image (forward only)
 CLASSES = 10
 
@@ -82,6 +95,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--steps", type=int, default=15, help="batches per timed block (default: 15)")
     parser.add_argument("--rounds", type=int, default=3, help="timed blocks per variant (default: 3)")
     parser.add_argument("--warmup", type=int, default=5, help="untimed batches per variant first (default: 5)")
+    parser.add_argument(
+        "--densities",
+        default=DENSITIES,
+        help=f"densities at which cifar32 times pruned SPLoRA networks; they must include {PAPER_FINAL_DENSITY} "
+        f"(default: {DENSITIES})",
+    )
     parser.add_argument("--compile", action="store_true", help="add torch.compile'd model-only variants (default: off)")
     parser.add_argument("--device", default="cuda", help="CUDA device (default: cuda)")
     return parser
@@ -95,12 +114,52 @@ def throughput(images: int, seconds: Sequence[float]) -> float:
     return images / statistics.median(seconds)
 
 
+def paper_schedule() -> list[float]:
+    """The densities the paper's recovery phases train at: 0.95, 0.90, ..., 0.05 (``spa.schedules``, linear)."""
+    return density_schedule(PAPER_FINAL_DENSITY, PAPER_STEPS, "linear")
+
+
+def parse_densities(text: str) -> list[float]:
+    """``--densities``: numbers in [0.05, 1), one of them 0.05, so that the measured densities with the unpruned
+    network's 1 span the schedule. Raises ``ValueError`` naming the bad value and what is allowed."""
+    allowed = f"comma-separated numbers in [{PAPER_FINAL_DENSITY}, 1), including {PAPER_FINAL_DENSITY}"
+    try:
+        values = sorted({float(item) for item in text.split(",") if item.strip()}, reverse=True)
+    except ValueError:
+        raise ValueError(f"--densities {text!r}: allowed: {allowed}") from None
+    if PAPER_FINAL_DENSITY not in values or not all(PAPER_FINAL_DENSITY <= d < 1 for d in values):
+        raise ValueError(f"--densities {text!r}: allowed: {allowed}")
+    return values
+
+
+def seconds_per_image(density: float, rates: dict[float, float]) -> float:
+    """``1 / images/s`` at ``density``, linear in density between the nearest measured densities in ``rates``
+    (density -> images/s); ``density`` must lie within them."""
+    known = sorted(rates)
+    if not known[0] <= density <= known[-1]:
+        raise ValueError(f"density {density} is outside the measured densities {known}")
+    for low, high in zip(known, known[1:], strict=False):
+        if density <= high:
+            weight = (density - low) / (high - low)
+            return (1 - weight) / rates[low] + weight / rates[high]
+    return 1 / rates[known[0]]  # a single measured density, equal to ``density``
+
+
+def paper_trial_minutes_pruned(rates: dict[float, float]) -> float:
+    """Minutes of a paper-protocol CIFAR-10 trial whose phases train at their density's rate (``rates``: density ->
+    training images/s, spanning 0.05 to 1): 30 epochs at 1, then 20 at each density of ``paper_schedule``; an eval
+    pass after each phase at ``EVAL_SPEEDUP`` x that phase's rate."""
+    phases = [(1.0, PAPER_EPOCHS)] + [(density, PAPER_RECOVERY_EPOCHS) for density in paper_schedule()]
+    seconds = sum(
+        (CIFAR10_TRAIN_IMAGES * epochs + CIFAR10_EVAL_IMAGES / EVAL_SPEEDUP) * seconds_per_image(density, rates)
+        for density, epochs in phases
+    )
+    return seconds / 60
+
+
 def paper_trial_minutes(train_images_per_second: float) -> float:
-    """Minutes of a paper-protocol CIFAR-10 trial at a training rate (eval passes at ``EVAL_SPEEDUP`` x it)."""
-    epochs = PAPER_EPOCHS + PAPER_STEPS * PAPER_RECOVERY_EPOCHS
-    train = CIFAR10_TRAIN_IMAGES * epochs / train_images_per_second
-    evaluation = CIFAR10_EVAL_IMAGES * (PAPER_STEPS + 1) / (EVAL_SPEEDUP * train_images_per_second)
-    return (train + evaluation) / 60
+    """Minutes of a paper-protocol CIFAR-10 trial with every phase at one training rate (the unpruned network's)."""
+    return paper_trial_minutes_pruned({PAPER_FINAL_DENSITY: train_images_per_second, 1.0: train_images_per_second})
 
 
 # --- data --------------------------------------------------------------------------------------------------------
@@ -194,6 +253,19 @@ def build_model(arch: str, setting: Setting, learner: str, rank: int, device: to
     return model.to(device, memory_format=torch.channels_last).train()
 
 
+def pruned_splora(arch: str, setting: Setting, rank: int, density: float, device: torch.device) -> nn.Module:
+    """A SPLoRA network physically pruned to ``density`` of its conv channels in one step, as a trial's pruning step
+    leaves it: ``spa.pruning.prune_to_density`` on the weight criterion's scores, the trial default floor of
+    channels per conv."""
+    model = build_resnet(arch, CLASSES, cifar_stem=setting.cifar_stem)
+    add_splora(model, rank, 1e-4)
+    reference = conv_channels(model)
+    example = torch.zeros(1, 3, setting.size, setting.size)
+    scores = score_channels(model, [], "weight")  # the weight criterion reads no data
+    prune_to_density(model, scores, density, reference, example, min_channels=PruneConfig().min_channels)
+    return model.to(device, memory_format=torch.channels_last).train()
+
+
 def training_block(
     model: nn.Module,
     batches: Iterator[tuple[torch.Tensor, torch.Tensor]],
@@ -273,9 +345,11 @@ def measure_setting(
     warmup: int,
     compile_models: bool,
     device: torch.device,
+    densities: Sequence[float] = (),
     log: Callable[[str], None] = print,
 ) -> dict[str, float]:
-    """Images/s of every variant of one setting (names as printed), and ``peak_GiB:<variant>`` entries."""
+    """Images/s of every variant of one setting (names as printed), and ``peak_GiB:<variant>`` entries. With
+    ``densities``: SPLoRA model only at each, pruned (``model_only_splora@0.5``, and ``..._graphed@0.5`` on CUDA)."""
     torch.manual_seed(0)
     data, labels = synthetic_cifar(images)
     batch = setting.batch_size
@@ -317,6 +391,18 @@ def measure_setting(
             log(f"{setting.name}: torch.compile of {learner} took {compile_seconds[learner]:.1f} s")
             blocks[f"model_only_{learner}_compiled"] = training_block(compiled, repeat(fixed), steps, device)
 
+    for density in densities:
+        pruned = pruned_splora(arch, setting, rank, density, torch.device("cpu"))
+        log(f"{setting.name}: SPLoRA pruned to {density:g}: {conv_channels(pruned)} conv channels")
+        graphed = copy.deepcopy(pruned).to(device) if device.type == "cuda" else None
+        pruned = pruned.to(device)
+        blocks[f"model_only_splora@{density:g}"] = training_block(pruned, repeat(fixed), steps, device)
+        if graphed is not None:
+            captured = CapturedStep(graphed, nn.CrossEntropyLoss(), bf16=True)
+            blocks[f"model_only_splora_graphed@{density:g}"] = training_block(
+                graphed, repeat(fixed), steps, device, captured
+            )
+
     def warm(name: str) -> None:
         started = time.perf_counter()
         for _ in range(max(1, -(-warmup // steps))):
@@ -338,18 +424,38 @@ def measure_setting(
     return rates
 
 
+def pruned_rates(rates: dict[str, float], path: str = "") -> dict[float, float]:
+    """Density -> end-to-end SPLoRA images/s: the unpruned end-to-end rate at 1, and at each pruned density its
+    model-only rate x the unpruned end-to-end / model-only ratio (the data path costs the same per image)."""
+    model_only = rates[f"model_only_splora{path}"]
+    scale = rates[f"end_to_end_gpu_resident_splora{path}"] / model_only
+    prefix = f"model_only_splora{path}@"
+    pruned = {float(name[len(prefix) :]): rate * scale for name, rate in rates.items() if name.startswith(prefix)}
+    return {1.0: model_only * scale, **pruned}
+
+
 def summary(rates: dict[str, float], path: str = "") -> dict[str, float]:
-    """The last line's figures from one setting's rates; ``path="_graphed"`` for the CUDA-graph variants."""
+    """The last line's figures from one setting's rates; ``path="_graphed"`` for the CUDA-graph variants.
+    ``paper_trial_minutes`` (pruned networks' rates) only where pruned densities were timed."""
     splora = rates[f"end_to_end_gpu_resident_splora{path}"]
-    return {
+    figures = {
         "end_to_end_over_model_only": splora / rates[f"model_only_splora{path}"],
         "splora_over_finetune": splora / rates[f"end_to_end_gpu_resident_finetune{path}"],
-        "paper_trial_minutes": paper_trial_minutes(splora),
     }
+    by_density = pruned_rates(rates, path)
+    if len(by_density) > 1:
+        figures["paper_trial_minutes"] = paper_trial_minutes_pruned(by_density)
+    figures["paper_trial_minutes_unpruned"] = paper_trial_minutes(splora)
+    return figures
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    try:
+        densities = parse_densities(args.densities)
+    except ValueError as error:
+        print(error, file=sys.stderr)
+        return 2
     if not torch.cuda.is_available():
         print("gpu.py needs a CUDA GPU, and torch.cuda.is_available() is False on this machine", file=sys.stderr)
         return 2
@@ -387,6 +493,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             warmup=args.warmup,
             compile_models=args.compile,
             device=device,
+            densities=densities if name == "cifar32" else (),
             log=lambda message: print(message, flush=True),
         )
         print(f"{name} eager: " + last_line(summary(results[name])), flush=True)

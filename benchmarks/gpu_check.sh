@@ -3,8 +3,10 @@
 # GPU at --gpus-per-trial 0.5 (benchmarks/shared_gpu.py). At most 8 minutes by design: each part runs under its own
 # timeout, and the timeouts add up to 480 s. Estimates on an H100 (not yet measured there):
 #   1. GPU test subset                        ~40 s   (timeout  90 s): pytest start-up, the CUDA tests and the CPU tests of their modules
-#   2. benchmarks/gpu.py, both settings       ~150 s  (timeout 270 s): 2 settings x 9 variants x 50 batches of
-#      ResNet-50 (bf16, channels-last); the 224 px PIL loader without workers is the slowest part (~10 s)
+#   2. benchmarks/gpu.py, both settings       ~190 s  (timeout 270 s): 2 settings x 9 variants x 50 batches of
+#      ResNet-50 (bf16, channels-last); the 224 px PIL loader without workers is the slowest part (~10 s); cifar32
+#      adds SPLoRA model only, eager and graphed, at 4 pruned densities (~40 s: each network pruned on the CPU,
+#      5 s each on the 2-core dev VM under load, then 50 batches of a smaller network per variant)
 #   3. benchmarks/shared_gpu.py, 2 trials     ~70 s   (timeout 120 s): Ray start, 2 smoke trials at once (1 epoch
 #      + 1 pruning step on digits each), MLflow records; prints each trial's peak GPU memory and whether they overlapped
 # A part that fails or times out is reported and the next one still runs; the exit status is the first failure's.

@@ -290,7 +290,59 @@ def test_gpu_throughput_helpers() -> None:
     figures = gpu.summary(rates)
     assert figures["end_to_end_over_model_only"] == pytest.approx(0.9)
     assert figures["splora_over_finetune"] == pytest.approx(1.5)
+    assert "paper_trial_minutes" not in figures  # no pruned density timed: only the unpruned-rate figure
+    assert figures["paper_trial_minutes_unpruned"] == pytest.approx(gpu.paper_trial_minutes(900.0))
     assert gpu.last_line(figures).startswith("end_to_end_over_model_only=0.90 splora_over_finetune=1.50 ")
+
+
+def test_gpu_paper_trial_integrates_the_pruned_rates() -> None:
+    gpu = load("gpu")
+    schedule = gpu.paper_schedule()
+    assert len(schedule) == 19 and schedule[0] == pytest.approx(0.95) and schedule[-1] == 0.05
+    assert schedule == pytest.approx([1 - 0.05 * k for k in range(1, 20)])
+    # 750 images/s unpruned: a 45,000-image epoch is 1 min, an eval pass (15,000 at 3x) 1/9 min. Every pruned step
+    # at 1,500 (measured at 0.95 and 0.05, so constant between): 0.5 min an epoch, 1/18 min an eval pass.
+    # 30 x 1 + 19 x 20 x 0.5 = 220 min of training, 1/9 + 19/18 = 7/6 min of evaluation.
+    assert gpu.paper_trial_minutes_pruned({1.0: 750.0, 0.95: 1500.0, 0.05: 1500.0}) == pytest.approx(220 + 7 / 6)
+    # Seconds per image linear in density from 1/750 at 1 to 1/1500 at 0.05: over the 19 steps (densities 1 - 0.05k)
+    # they sum to 19/750 - (1/750 - 1/1500) x (0.05 x 190 / 0.95) = 14/750 s. Training: 30 min + 45,000 x 20 x
+    # 14/750 s = 280 min; evaluation: 5,000 x 15/750 s = 100 s.
+    linear = {1.0: 750.0, 0.05: 1500.0}
+    assert gpu.seconds_per_image(0.525, linear) == pytest.approx((1 / 750 + 1 / 1500) / 2)
+    assert gpu.paper_trial_minutes_pruned(linear) == pytest.approx(30 + 280 + 100 / 60)
+    # Extra measured points on the same line change nothing; a measured point is returned as measured.
+    on_the_line = {**linear, 0.5: 1 / gpu.seconds_per_image(0.5, linear)}
+    assert gpu.paper_trial_minutes_pruned(on_the_line) == pytest.approx(30 + 280 + 100 / 60)
+    assert gpu.seconds_per_image(0.5, {1.0: 750.0, 0.5: 1200.0, 0.05: 1500.0}) == pytest.approx(1 / 1200)
+    # The unpruned-rate figure is the same integral at one rate: an upper bound where pruned networks run faster.
+    assert gpu.paper_trial_minutes(750.0) == pytest.approx(410 + 20 / 9)
+    assert gpu.paper_trial_minutes_pruned(linear) < gpu.paper_trial_minutes(750.0)
+    with pytest.raises(ValueError, match="outside"):
+        gpu.paper_trial_minutes_pruned({1.0: 750.0, 0.25: 900.0})  # nothing measured down to 0.05
+    # The summary: pruned model-only rates scaled by the unpruned end-to-end / model-only ratio (0.9 here).
+    rates = {
+        "end_to_end_gpu_resident_splora_graphed": 675.0,
+        "model_only_splora_graphed": 750.0,
+        "model_only_splora_graphed@0.05": 1500.0 / 0.9,
+        "end_to_end_gpu_resident_finetune_graphed": 600.0,
+        "model_only_splora@0.05": 1.0,  # the eager path's: not read for the graphed figures
+    }
+    assert gpu.pruned_rates(rates, "_graphed") == pytest.approx({1.0: 675.0, 0.05: 1500.0})
+    figures = gpu.summary(rates, "_graphed")
+    assert list(figures) == [
+        "end_to_end_over_model_only", "splora_over_finetune", "paper_trial_minutes", "paper_trial_minutes_unpruned"
+    ]  # fmt: skip
+    assert figures["paper_trial_minutes"] == pytest.approx(gpu.paper_trial_minutes_pruned({1.0: 675.0, 0.05: 1500.0}))
+    assert figures["paper_trial_minutes_unpruned"] == pytest.approx(gpu.paper_trial_minutes(675.0))
+
+
+@pytest.mark.parametrize("densities", ["0.5,0.25", "0.5,1.0,0.05", "0.05,x", "0.01,0.05"])
+def test_gpu_refuses_densities_that_do_not_span_the_schedule(densities: str, capsys) -> None:
+    gpu = load("gpu")
+    assert gpu.main(["--densities", densities]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and densities in err and "including 0.05" in err
+    assert gpu.parse_densities("0.05, 0.5,0.75") == [0.75, 0.5, 0.05]
 
 
 def test_shared_gpu_reads_trial_spans_and_their_overlap() -> None:
@@ -312,6 +364,7 @@ def test_gpu_measurement_runs_on_cpu_tensors() -> None:
     """Every code path of gpu.py's measurement, at toy size on the CPU (main refuses without CUDA)."""
     gpu = load("gpu")
     setting = gpu.Setting("cifar32", 32, True, 2)
+    logged: list[str] = []
     rates = gpu.measure_setting(
         setting,
         arch="resnet18",
@@ -323,11 +376,19 @@ def test_gpu_measurement_runs_on_cpu_tensors() -> None:
         warmup=1,
         compile_models=False,
         device=torch.device("cpu"),
-        log=lambda message: None,
+        densities=(0.05,),
+        log=logged.append,
     )
-    for name in ("loader_pil_w0", "loader_gpu_resident", "model_only_splora", "end_to_end_gpu_resident_finetune"):
+    names = ("loader_pil_w0", "loader_gpu_resident", "model_only_splora", "end_to_end_gpu_resident_finetune")
+    for name in (*names, "model_only_splora@0.05"):
         assert rates[name] > 0, name
-    assert set(gpu.summary(rates)) == {"end_to_end_over_model_only", "splora_over_finetune", "paper_trial_minutes"}
+    # Physically pruned to 5 % of ResNet-18's 4,800 conv channels (240), SPLoRA-wrapped as a trial prunes it.
+    assert "cifar32: SPLoRA pruned to 0.05: 240 conv channels" in logged
+    figures = gpu.summary(rates)
+    assert set(figures) == {
+        "end_to_end_over_model_only", "splora_over_finetune", "paper_trial_minutes", "paper_trial_minutes_unpruned"
+    }  # fmt: skip
+    assert figures["paper_trial_minutes"] > 0
 
 
 def test_harness_scale_helpers() -> None:
