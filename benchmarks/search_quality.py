@@ -17,7 +17,8 @@ with ``--moasha-only`` (the TPE studies under fifo and moasha, nothing else) ``m
 ``--quick``: the smoke budget, 6 trials per study, 2 seeds; a check that it runs, not a measurement.
 ``--medium``: 8 trials per study, 3 seeds, on ``medium_space``: the space at one epoch before pruning and one of
 recovery, but 2 to 4 pruning steps, so moasha has rungs at steps 0, 1 and 2 and really stops trials, and the sized
-TPE (2 startup trials) and GP (2) model most of the 8 trials; a floor of 0.3 (chance is 0.2), as one epoch cannot
+TPE (2 startup trials; under moasha too, sized to the compute, ``study.sampler_plan``) and GP (2) model most of
+the 8 trials; a floor of 0.3 (chance is 0.2), as one epoch cannot
 reach the real budget's. 63 min on the 2 shared cores at load 3-20 (issue 12); the full budget is
 about 2 h.
 """

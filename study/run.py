@@ -164,7 +164,7 @@ def build_tuner(settings: StudySettings, space: SearchSpace, max_concurrent: int
 
     from study.driver_heap import FrozenHeap
     from study.ray_internals import restored_search_alg
-    from study.schedulers import make_scheduler
+    from study.schedulers import REDUCTION_FACTOR, STOPPING, make_scheduler
 
     trainable = trial_trainable(settings)
     study_dir = settings.study_dir
@@ -193,7 +193,11 @@ def build_tuner(settings: StudySettings, space: SearchSpace, max_concurrent: int
     header = f"The search space of study {settings.name!r}, resolved from {space.path} and its bases."
     (study_dir / f"{settings.space}.toml").write_text(space.to_toml(header=header))
     sampler_plan = plan_sampler(
-        settings.sampler, num_samples=settings.num_samples, num_params=len(space.params), max_concurrent=max_concurrent
+        settings.sampler,
+        num_samples=settings.num_samples,
+        num_params=len(space.params),
+        max_concurrent=max_concurrent,
+        reduction_factor=REDUCTION_FACTOR if settings.scheduler in STOPPING else None,
     )
     print(f"sampler: {sampler_plan.header()}", flush=True)
     searcher = StudySearcher(

@@ -8,6 +8,14 @@ attribute. The Optuna study lives in a storage (an SQLite file in the study dire
 resume; ``StudySearch`` lets a resumed study ask for more samples than it started with. A resumed study's Optuna
 trials that Tune's restored state lacks (asked after Tune last saved it) are asked again if unfinished, and count as
 asked if finished, so the study ends with the trials an uninterrupted one has.
+
+What the samplers learn from a stopped (PRUNED) trial, in Optuna 5.0 (read in its source, issue 12): TPE counts it
+towards ``n_startup_trials`` and, in a multi-objective study, puts it in its "above" (not good) group once
+``ceil(n / 10)`` trials have completed (it fills the good group from completed trials first, then from pruned ones
+ranked by intermediate values, which a multi-objective study never has: ``Trial.report`` takes one objective); GP
+counts COMPLETE trials only. So TPE learns from a stop only that the trial did not rank among the best, the verdict
+the scheduler gave. Telling it the trial's last objective vector instead would need COMPLETE, which would put the
+trial on Optuna's front.
 """
 
 from __future__ import annotations

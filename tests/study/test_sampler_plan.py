@@ -33,6 +33,28 @@ def test_tpe_startup_is_a_third_of_the_budget_less_the_concurrency(
 
 
 @pytest.mark.parametrize(
+    ("name", "num_samples", "max_concurrent", "reduction_factor", "startup"),
+    [
+        # 16 trials stopped by halving cost about 8 full ones: ceil(8 / 3) - 1 = 2, as an 8-trial fifo study (not 5)
+        ("tpe", 16, 2, 2, 2),
+        ("tpe", 64, 8, 2, 4),  # ceil(32 / 3) - 7 = 4 (fifo: 15)
+        ("tpe", 60, 1, 3, 7),  # ceil(20 / 3) = 7
+        ("gp", 64, 2, 2, 7),  # ceil(32 / 4) - 1 = 7 (fifo: 10)
+        ("tpe", 8, 2, 2, 2),  # ceil(4 / 3) - 1 = 1: at least 2
+    ],
+)
+def test_startup_under_successive_halving_is_sized_to_the_compute(
+    name, num_samples, max_concurrent, reduction_factor, startup
+) -> None:
+    plan = plan_sampler(
+        name, num_samples=num_samples, num_params=7, max_concurrent=max_concurrent, reduction_factor=reduction_factor
+    )
+    assert plan.settings == {"n_startup_trials": startup}
+    assert f"of {num_samples} trials random" in plan.reason
+    assert f"sized to the compute of {num_samples / reduction_factor:g} full trials" in plan.reason
+
+
+@pytest.mark.parametrize(
     ("num_samples", "population"),
     [(2, 2), (3, 3), (8, 4), (16, 4), (64, 16), (200, 50), (1000, 50)],
 )
@@ -62,6 +84,7 @@ def test_random_has_no_settings_and_params_are_flat() -> None:
         ({"name": "cmaes", "num_samples": 8}, "allowed: tpe, nsga2, gp, random"),
         ({"name": "tpe", "num_samples": 0}, "num_samples=0"),
         ({"name": "tpe", "num_samples": 8, "max_concurrent": 0}, "max_concurrent=0"),
+        ({"name": "tpe", "num_samples": 8, "reduction_factor": 1}, "reduction_factor=1: allowed: None or a number > 1"),
     ],
 )
 def test_plan_refuses(kwargs, message) -> None:

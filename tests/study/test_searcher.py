@@ -60,7 +60,8 @@ def test_define_by_run_config_is_fixed_plus_sampled_plus_trial_number() -> None:
     config = searcher.suggest("a")
     assert config["epochs"] == 1 and config["learner"] == "splora" and config[TRIAL_NUMBER] == 0
     frozen = searcher.study.trials[0]
-    assert set(frozen.params) == {"rank", "init_range", "lr", "shape"}  # steps, recovery, final density pinned
+    # steps, recovery and final density pinned by the smoke budget, shape fixed by the space
+    assert set(frozen.params) == {"rank", "init_range", "lr"} and config["shape"] == "geometric"
     assert all(config[name] == value for name, value in frozen.params.items())
     assert frozen.user_attrs["tune_trial_id"] == "a"
 
@@ -187,3 +188,23 @@ def test_constraints_are_told_to_optuna_and_learned_by_the_sampler() -> None:
     told = {key: value for key, value in floor.system_attrs.items() if key.startswith("constraints:")}
     assert told == {f"constraints:{key}": value for key, value in floor.user_attrs[CONSTRAINTS_ATTR].items()}
     assert [trial.number for trial in searcher.study.best_trials] == [0]  # feasible trials only
+
+
+def test_tpe_puts_a_stopped_trial_in_its_not_good_group() -> None:
+    """What the module docstring says TPE learns from a PRUNED trial of a two-objective study: with 5 finished trials
+    its good group holds ceil(5 / 10) = 1, the best completed one (trial 0 dominates trials 1 and 2), never a
+    pruned one, however good its last values were."""
+    from optuna.samplers._tpe.sampler import _split_trials
+
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    for values in ([0.9, 10.0], [0.8, 20.0], [0.7, 30.0]):
+        study.add_trial(optuna.trial.create_trial(values=values, params={}, distributions={}))
+    for last in ([0.95, 1.0], [0.99, 0.5]):  # better than every completed trial, but stopped
+        study.add_trial(
+            optuna.trial.create_trial(state=TrialState.PRUNED, params={}, distributions={},
+                                      user_attrs={"last_val_accuracy": last[0], "last_learned_params": last[1]})
+        )  # fmt: skip
+    trials = study.get_trials(deepcopy=False)
+    below, above = _split_trials(study, trials, optuna.samplers._tpe.sampler.default_gamma_multiobjective(len(trials)))
+    assert [trial.number for trial in below] == [0]
+    assert [trial.number for trial in above] == [1, 2, 3, 4]
