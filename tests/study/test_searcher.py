@@ -60,7 +60,8 @@ def test_define_by_run_config_is_fixed_plus_sampled_plus_trial_number() -> None:
     config = searcher.suggest("a")
     assert config["epochs"] == 1 and config["learner"] == "splora" and config[TRIAL_NUMBER] == 0
     frozen = searcher.study.trials[0]
-    assert set(frozen.params) == {"rank", "init_range", "lr", "shape"}  # steps, recovery, final density pinned
+    # steps, recovery and final density pinned by the smoke budget, shape fixed by the space
+    assert set(frozen.params) == {"rank", "init_range", "lr"} and config["shape"] == "geometric"
     assert all(config[name] == value for name, value in frozen.params.items())
     assert frozen.user_attrs["tune_trial_id"] == "a"
 

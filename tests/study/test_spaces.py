@@ -70,15 +70,16 @@ def test_shipped_space_samples_valid_experiments(name: str) -> None:
         ["maximize", "minimize"],
     )
     # The CPU budget of a default study on the digits task.
-    assert {k: space.fixed[k] for k in ("epochs", "batch_size", "max_score_batches", "threads")} == {
+    assert {k: space.fixed[k] for k in ("epochs", "batch_size", "max_score_batches", "threads", "shape")} == {
         "epochs": 6,
         "batch_size": 32,
         "max_score_batches": 4,
         "threads": 1,
+        "shape": "geometric",
     }
     assert space.fixed["learner"] == learner
     searched = {param.name for param in space.params}
-    schedule = {"lr", "final_density", "steps", "shape", "recovery_epochs"}
+    schedule = {"lr", "final_density", "steps", "recovery_epochs"}
     if learner == "splora":
         schedule |= {"rank", "init_range"}
     if criterion == "any":
@@ -117,7 +118,7 @@ def test_optuna_distributions_follow_the_file() -> None:
     distributions = optuna_distributions(load_space("splora_any"))
     assert distributions["rank"] == optuna.distributions.IntDistribution(1, 64, log=True)
     assert distributions["init_range"] == optuna.distributions.FloatDistribution(1e-5, 1e-1, log=True)
-    assert distributions["steps"] == optuna.distributions.IntDistribution(2, 4)
+    assert distributions["steps"] == optuna.distributions.IntDistribution(3, 4)
     assert distributions["final_density"] == optuna.distributions.FloatDistribution(0.05, 0.6, log=True)
     assert distributions["criterion"] == optuna.distributions.CategoricalDistribution(list(CRITERIA_NAMES))
     finetune = optuna_distributions(load_space("finetune_lrp"))
