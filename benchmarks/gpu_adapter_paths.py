@@ -52,7 +52,7 @@ class _LowRankOnCuda(fused._CentreTapConv2d):
 
     @staticmethod
     def backward(ctx, grad_output):  # type: ignore[override]
-        x, adapted, lora_a, lora_b = ctx.saved_tensors
+        x, lora_a, lora_b, adapted = ctx.saved_tensors  # the forward's order without a kept kernel
         dtype = grad_output.dtype
         FORMATS[(f"g:{_format(grad_output)}", f"x:{_format(x)}", f"w:{_format(adapted)}")] += 1
         grad_x = None
@@ -71,14 +71,15 @@ class _LowRankOnCuda(fused._CentreTapConv2d):
                 (True, False, False),
             )[0].to(x.dtype)
         grad_a, grad_b = fused.low_rank_gradients(grad_output, x.to(dtype), lora_a, lora_b, ctx.stride)
-        return grad_x, None, None, grad_a, grad_b, None, None
+        return grad_x, None, None, grad_a, grad_b, None, None, None
 
 
-def _low_rank_conv(x, base, lora_a, lora_b):
-    return _LowRankOnCuda.apply(x, base.weight, base.bias, lora_a, lora_b, base.stride, base.padding)
+def _low_rank_conv(x, base, lora_a, lora_b, kernel=None):
+    """As ``fused.centre_tap_conv2d`` is called; the kernel is built per call (no kept kernel)."""
+    return _LowRankOnCuda.apply(x, base.weight, base.bias, lora_a, lora_b, base.stride, base.padding, None)
 
 
-def _merged_conv(x, base, lora_a, lora_b):
+def _merged_conv(x, base, lora_a, lora_b, kernel=None):
     k = base.weight.shape[-1]
     delta = F.pad((lora_b.flatten(1) @ lora_a.flatten(1))[:, :, None, None], [k // 2] * 4)
     return F.conv2d(x, base.weight + delta, base.bias, base.stride, base.padding)

@@ -11,8 +11,10 @@ On the CPU the factors' gradients skip ``dW_c`` altogether (``low_rank_gradients
 ``dB = g (A x_s)^T`` as batched matrix products of rank r, ``2 r (in + out)`` multiply-adds per pixel instead of
 ``in * out``. oneDNN's 1x1 weight gradient costs far more inside a training step than alone (profiled, ResNet-18
 batch 32: +107 ms on a 298 ms floor step, against about 23 ms alone); side by side, the step with it measured 1.19x
-the floor against 1.12x with the batched products (CPU seconds, 1 thread; benchmarks/README.md, issue 14). On
-CUDA the 1x1 weight gradient stays with cuDNN until a GPU measures the other.
+the floor against 1.12x with the batched products (CPU seconds, 1 thread; benchmarks/README.md, issue 14). Each
+product reads x or g whole, so the four read each twice from memory; at 128 pixels per sample and more they run a
+sample at a time on one thread, and the second read of a sample comes from cache (``_per_sample``). On CUDA the 1x1
+weight gradient stays with cuDNN until a GPU measures the other.
 
 Why the centre tap is a 1x1 conv: with padding k // 2 and stride s, output pixel (h, w) sees input pixel
 (h*s, w*s) through the centre tap, which is exactly a 1x1 conv of stride s and no padding.
@@ -50,6 +52,9 @@ __all__ = [
 ]
 
 _enabled = True
+# Pixels per sample from which the CPU's factor gradients run a sample at a time on one thread (``_per_sample``):
+# ResNet-18 at batch 32, cold caches, per conv: 5.3 -> 3.8 ms at 32 x 32 px, 2.2 -> 2.0 at 16 x 16, even at 8 x 8.
+CHUNK_PIXELS = 128
 
 
 @contextmanager
@@ -84,15 +89,16 @@ def centre_tap_conv2d(
 
 
 class _Kept:
-    """One built kernel: ``kernel`` (out, in, k, k) is W with ``B @ A`` added at its centre tap; ``centre`` is W's
-    centre tap (out, in), contiguous; ``weight`` aliases the W it was built from (holding its storage, so no other
-    tensor can take its address) and ``version`` is W's version counter then; ``writer`` marks the call whose
-    factors the centre tap now holds."""
+    """One built kernel: ``kernel`` (out, in, k, k) is W with ``B @ A`` added at its centre tap (``centre_tap``, a
+    view); ``centre`` is W's centre tap (out, in), contiguous; ``weight`` aliases the W it was built from (holding
+    its storage, so no other tensor can take its address) and ``version`` is W's version counter then; ``writer``
+    marks the call whose factors the centre tap now holds."""
 
     def __init__(self, weight: torch.Tensor) -> None:
         self.weight, self.version = weight.detach(), weight._version
         self.kernel = weight.detach().clone()
         centre = weight.shape[-1] // 2
+        self.centre_tap = self.kernel[:, :, centre, centre]
         self.centre = weight.detach()[:, :, centre, centre].contiguous()
         self.writer: object = None
 
@@ -111,9 +117,11 @@ class _Kept:
         """The centre tap := W's centre + B @ A, in place, unless ``writer``'s factors are there already (the sum
         is the one ``_fresh_kernel`` computes). Returns the kernel."""
         if self.writer is not writer:
-            with torch.no_grad():
-                centre = self.kernel.shape[-1] // 2
-                torch.add(self.centre, _delta(lora_a, lora_b, self.kernel.dtype), out=self.kernel[:, :, centre, centre])
+            if torch.is_grad_enabled():  # a backward with create_graph=True; forwards and plain backwards run without
+                with torch.no_grad():
+                    torch.add(self.centre, _delta(lora_a, lora_b, self.kernel.dtype), out=self.centre_tap)
+            else:
+                torch.add(self.centre, _delta(lora_a, lora_b, self.kernel.dtype), out=self.centre_tap)
             self.writer = writer
         return self.kernel
 
@@ -145,7 +153,8 @@ class AdaptedKernel:
 
 
 def _delta(lora_a: torch.Tensor, lora_b: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    return (lora_b.flatten(1) @ lora_a.flatten(1)).to(dtype)  # (out, in)
+    delta = lora_b.flatten(1) @ lora_a.flatten(1)  # (out, in)
+    return delta if delta.dtype == dtype else delta.to(dtype)
 
 
 def _fresh_kernel(weight: torch.Tensor, lora_a: torch.Tensor, lora_b: torch.Tensor) -> torch.Tensor:
@@ -173,28 +182,37 @@ class _CentreTapConv2d(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_output):  # type: ignore[override]
         x, lora_a, lora_b, *fresh = ctx.saved_tensors
-        # A later call may have rewritten the kept centre tap since this forward: then this writes ours back.
-        adapted = fresh[0] if ctx.kept is None else ctx.kept.write_centre(lora_a, lora_b, ctx.writer)
+        kept = ctx.kept
+        if kept is None:
+            adapted = fresh[0]
+        else:  # a later call may have rewritten the kept centre tap since this forward: then this writes ours back
+            adapted = kept.kernel if kept.writer is ctx.writer else kept.write_centre(lora_a, lora_b, ctx.writer)
         need_x, need_weight, need_bias, need_a, need_b = ctx.needs_input_grad[:5]
         # Under autocast the forward ran in a lower precision; the backward runs outside it, so cast here.
         dtype = grad_output.dtype
-        x_c, adapted_c = x.to(dtype), adapted.to(dtype)
+        x_c = x if x.dtype == dtype else x.to(dtype)
         grad_x = grad_weight = grad_bias = None
-        mask = (need_x, need_weight, need_bias and ctx.has_bias)
-        if any(mask):  # the stem's input needs no gradient: with a frozen base, nothing here is asked for
+        has_bias = ctx.has_bias
+        if need_x or need_weight or (need_bias and has_bias):  # the stem's input needs no gradient
             grad_x, grad_weight, grad_bias = torch.ops.aten.convolution_backward(
                 grad_output,
                 x_c,
-                adapted_c,
-                [adapted.shape[0]] if ctx.has_bias else None,
+                adapted if adapted.dtype == dtype else adapted.to(dtype),
+                [adapted.shape[0]] if has_bias else None,
                 ctx.stride,
                 ctx.padding,
                 (1, 1),
                 False,
                 (0, 0),
                 1,
-                mask,
+                (need_x, need_weight, need_bias and has_bias),
             )
+            if grad_x is not None and grad_x.dtype != x.dtype:
+                grad_x = grad_x.to(x.dtype)
+            if grad_weight is not None:
+                grad_weight = grad_weight.to(adapted.dtype)
+            if grad_bias is not None:
+                grad_bias = grad_bias.to(adapted.dtype)
         grad_a = grad_b = None
         if need_a or need_b:
             k = adapted.shape[-1]
@@ -205,12 +223,6 @@ class _CentreTapConv2d(torch.autograd.Function):
             else:
                 grad_a, grad_b = _factor_gradients(centre_tap_gradient(grad_output, x_c, ctx.stride), lora_a, lora_b)
             grad_a, grad_b = (grad_a if need_a else None), (grad_b if need_b else None)
-        if grad_x is not None:
-            grad_x = grad_x.to(x.dtype)
-        if grad_weight is not None:
-            grad_weight = grad_weight.to(adapted.dtype)
-        if grad_bias is not None:
-            grad_bias = grad_bias.to(adapted.dtype)
         return grad_x, grad_weight, grad_bias, grad_a, grad_b, None, None, None
 
 
@@ -241,13 +253,40 @@ def low_rank_gradients(
     and ``g_n`` its output gradient (out, P).
     """
     batch, rank = x.shape[0], lora_a.shape[0]
-    inputs = x[:, :, :: stride[0], :: stride[1]].reshape(batch, x.shape[1], -1)  # (N, in, P)
+    if stride != (1, 1):
+        x = x[:, :, :: stride[0], :: stride[1]]
+    inputs = x.reshape(batch, x.shape[1], -1)  # (N, in, P)
     grads = grad_output.reshape(batch, grad_output.shape[1], -1)  # (N, out, P)
-    a, b = lora_a.reshape(rank, -1).to(x.dtype), lora_b.reshape(-1, rank).to(x.dtype)
-    # bmm over the factor expanded (no copy): matmul would fold (N, out, P) into (N * P, out), a transposed copy.
-    projected_grads = torch.bmm(b.t().expand(batch, -1, -1), grads)  # (N, r, P): B^T g
-    projected_inputs = torch.bmm(a.expand(batch, -1, -1), inputs)  # (N, r, P): A x, the two-conv path's lora_a output
-    grad_a = torch.bmm(projected_grads, inputs.transpose(1, 2)).sum(0)  # (r, in)
-    # dB^T = (A x) g^T, (r, out): the long operand on the right reads faster than g (A x)^T (1.6x at ResNet-18 shapes).
-    grad_b = torch.bmm(projected_inputs, grads.transpose(1, 2)).sum(0).t()  # (out, r)
-    return grad_a.to(lora_a.dtype).view_as(lora_a), grad_b.to(lora_b.dtype).reshape(lora_b.shape)
+    a, b_t = lora_a.view(rank, -1), lora_b.view(-1, rank).t()  # (r, in), (r, out)
+    if a.dtype != x.dtype:
+        a, b_t = a.to(x.dtype), b_t.to(x.dtype)
+    if x.device.type == "cpu" and inputs.shape[2] >= CHUNK_PIXELS and torch.get_num_threads() == 1:
+        grad_a, grad_b_t = _per_sample(grads, inputs, a, b_t)
+    else:
+        # bmm over the factor expanded (no copy): matmul would fold (N, out, P) into (N * P, out), a transposed copy.
+        projected_grads = torch.bmm(b_t.expand(batch, -1, -1), grads)  # (N, r, P): B^T g
+        projected_inputs = torch.bmm(a.expand(batch, -1, -1), inputs)  # (N, r, P): A x, the lora_a conv's output
+        grad_a = torch.bmm(projected_grads, inputs.transpose(1, 2)).sum(0)  # (r, in)
+        # dB^T = (A x) g^T, (r, out): the long operand on the right reads faster than g (A x)^T (1.6x here).
+        grad_b_t = torch.bmm(projected_inputs, grads.transpose(1, 2)).sum(0)
+    if grad_a.dtype != lora_a.dtype:
+        grad_a, grad_b_t = grad_a.to(lora_a.dtype), grad_b_t.to(lora_b.dtype)
+    return grad_a.view(lora_a.shape), grad_b_t.t().reshape(lora_b.shape)
+
+
+def _per_sample(
+    grads: torch.Tensor, inputs: torch.Tensor, a: torch.Tensor, b_t: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``low_rank_gradients``' four products one sample at a time, so each sample's ``x_n`` and ``g_n`` are read from
+    memory once and reused from cache by the second product that needs them (the whole-batch products read x and g
+    twice each). Returns ``dA`` (r, in) and ``dB^T`` (r, out).
+
+    Used with one thread only: with two, chunks of one sample per thread made each conv's backward 64 small
+    parallel regions instead of 4, and the step measured 1.72x the floor against 1.20x whole-batch (wall clock,
+    load 6-16: a region waits for whichever thread the machine has descheduled)."""
+    sum_a, sum_b_t = a.new_zeros(1, *a.shape), b_t.new_zeros(1, *b_t.shape)  # (1, r, in), (1, r, out)
+    a_1, b_t_1 = a.unsqueeze(0), b_t.unsqueeze(0)
+    for g_n, x_n in zip(grads.split(1), inputs.split(1), strict=True):  # (1, out, P), (1, in, P)
+        sum_a.baddbmm_(torch.bmm(b_t_1, g_n), x_n.transpose(1, 2))  # += (B^T g) x^T
+        sum_b_t.baddbmm_(torch.bmm(a_1, x_n), g_n.transpose(1, 2))  # += (A x) g^T
+    return sum_a[0], sum_b_t[0]

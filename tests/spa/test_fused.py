@@ -99,20 +99,39 @@ def test_a_resnet_step_is_the_same_fused_or_not() -> None:
         torch.testing.assert_close(model.get_parameter(name).grad, grad, rtol=1e-3, atol=1e-5, msg=name)
 
 
-@pytest.mark.parametrize(("stride", "channels_last"), [(1, False), (2, False), (2, True)])
-def test_low_rank_factor_gradients_equal_those_from_the_centre_tap_gradient(stride: int, channels_last: bool) -> None:
+@pytest.mark.parametrize(
+    ("stride", "channels_last", "batch", "width", "chunked"),
+    [
+        (1, False, 4, 9, False),
+        (2, False, 4, 9, False),
+        (2, True, 4, 9, False),
+        (1, False, 4, 13, True),
+        (2, True, 4, 25, True),
+        (1, False, 5, 12, True),
+    ],
+)
+def test_low_rank_factor_gradients_equal_those_from_the_centre_tap_gradient(
+    stride: int, channels_last: bool, batch: int, width: int, chunked: bool
+) -> None:
     """The CPU's rank-space dA, dB (``low_rank_gradients``) against B^T dW_c and dW_c A^T with dW_c from the conv
-    library (the CUDA branch's route), and against an einsum over the sampled pixels."""
+    library (the CUDA branch's route), and against an einsum over the sampled pixels. From 128 sampled pixels per
+    sample, on one thread, the products run a sample at a time (``chunked``): here with one thread throughout."""
     torch.manual_seed(2)
     rank, inputs, outputs = 3, 5, 7
-    x = torch.randn(4, inputs, 9, 9, dtype=torch.double)
+    x = torch.randn(batch, inputs, width, width, dtype=torch.double)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
-    size = (9 - 1) // stride + 1
-    grad_output = torch.randn(4, outputs, size, size, dtype=torch.double)
+    size = (width - 1) // stride + 1
+    assert (size * size >= fused.CHUNK_PIXELS) == chunked
+    grad_output = torch.randn(batch, outputs, size, size, dtype=torch.double)
     lora_a = torch.randn(rank, inputs, 1, 1, dtype=torch.double)
     lora_b = torch.randn(outputs, rank, 1, 1, dtype=torch.double)
-    grad_a, grad_b = fused.low_rank_gradients(grad_output, x, lora_a, lora_b, (stride, stride))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        grad_a, grad_b = fused.low_rank_gradients(grad_output, x, lora_a, lora_b, (stride, stride))
+    finally:
+        torch.set_num_threads(threads)
     centre = fused.centre_tap_gradient(grad_output, x, (stride, stride))
     by_hand = torch.einsum("nohw,nihw->oi", grad_output, x[:, :, ::stride, ::stride])
     torch.testing.assert_close(centre, by_hand)
