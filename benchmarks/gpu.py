@@ -138,11 +138,7 @@ def seconds_per_image(density: float, rates: dict[float, float]) -> float:
     known = sorted(rates)
     if not known[0] <= density <= known[-1]:
         raise ValueError(f"density {density} is outside the measured densities {known}")
-    for low, high in zip(known, known[1:], strict=False):
-        if density <= high:
-            weight = (density - low) / (high - low)
-            return (1 - weight) / rates[low] + weight / rates[high]
-    return 1 / rates[known[0]]  # a single measured density, equal to ``density``
+    return float(np.interp(density, known, [1 / rates[d] for d in known]))
 
 
 def paper_trial_minutes_pruned(rates: dict[float, float]) -> float:
