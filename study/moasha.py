@@ -53,7 +53,19 @@ from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 from study.names import MODES
 from study.pareto import pareto_mask
 
-__all__ = ["MOASHAScheduler", "rung_order", "rung_milestones", "nondominated_fronts", "crowding_distances", "survives"]
+__all__ = [
+    "MOASHAScheduler",
+    "RULES",
+    "rung_order",
+    "rung_milestones",
+    "nondominated_fronts",
+    "crowding_distances",
+    "survives",
+    "dominated_by",
+]
+
+# How a rung decides (see the module docstring): successive halving, or a stop only when a finished trial dominates.
+RULES = ("halving", "dominated")
 
 logger = logging.getLogger(__name__)
 
@@ -139,6 +151,13 @@ def survives(losses: Sequence[Sequence[float]], index: int, reduction_factor: fl
     return int(ahead.sum()) < math.ceil(len(fronts) / reduction_factor)
 
 
+def dominated_by(finals: Sequence[Sequence[float]], losses: Sequence[float]) -> bool:
+    """Whether some row of ``finals`` is no worse than ``losses`` in every objective (all minimised; NaN worst)."""
+    if not len(finals):
+        return False
+    return bool((_as_losses(finals) <= _as_losses([losses])).all(axis=1).any())
+
+
 # --- the scheduler -------------------------------------------------------------------------------------------------
 
 
@@ -156,16 +175,24 @@ class MOASHAScheduler(FIFOScheduler):
         grace_period: float = 0,
         reduction_factor: float = 2,
         final_attr: str | None = None,
+        rung_metrics: Sequence[str] | None = None,
+        rule: str = "halving",
         journal: str | os.PathLike[str] | None = None,
     ) -> None:
         super().__init__()
         if len(metrics) != len(modes) or not metrics:
             raise ValueError(f"one mode per metric is needed: {list(metrics)=} and {list(modes)=}")
+        if rung_metrics is not None and len(rung_metrics) != len(metrics):
+            raise ValueError(f"one rung metric per metric is needed: {list(metrics)=} and {list(rung_metrics)=}")
+        if rule not in RULES:
+            raise ValueError(f"rule={rule!r}; allowed: {', '.join(RULES)}")
         bad = [mode for mode in modes if mode not in MODES]
         if bad:
             raise ValueError(f"modes={list(modes)!r} hold {bad!r}; allowed: {', '.join(MODES)}")
         self.metrics = list(metrics)
         self.modes = list(modes)
+        self.rung_metrics = list(rung_metrics or metrics)
+        self.rule = rule
         self._metric = self.metrics[0]  # Tune's strict metric check looks for this one key in every result
         self.time_attr = time_attr
         self.reduction_factor = float(reduction_factor)
@@ -175,6 +202,7 @@ class MOASHAScheduler(FIFOScheduler):
         self._signs = [-1.0 if mode == "max" else 1.0 for mode in self.modes]
         # milestone -> {trial_id: losses}, in the order trials reached the rung
         self.rungs: dict[float, dict[str, list[float]]] = {milestone: {} for milestone in self.milestones}
+        self.finals: dict[str, list[float]] = {}  # trial_id -> losses at its final step
         self.num_stopped = 0
         self._replayed = False
 
@@ -192,7 +220,7 @@ class MOASHAScheduler(FIFOScheduler):
 
     def debug_string(self) -> str:
         rungs = ", ".join(f"{milestone:g}: {len(recorded)}" for milestone, recorded in self.rungs.items())
-        return f"MOASHA: {self.num_stopped} stopped; trials recorded per rung {{{rungs}}}"
+        return f"MOASHA ({self.rule}): {self.num_stopped} stopped; trials recorded per rung {{{rungs}}}"
 
     def save(self, checkpoint_path: str) -> None:
         with open(checkpoint_path, "wb") as file:
@@ -210,22 +238,36 @@ class MOASHAScheduler(FIFOScheduler):
         time = result.get(self.time_attr)
         if not isinstance(time, (int, float)) or any(metric not in result for metric in self.metrics):
             return TrialScheduler.CONTINUE
+        final = result.get(self.final_attr) if self.final_attr else None
+        at_end = isinstance(final, (int, float)) and final <= time  # the trial ends anyway, with these values
+        if at_end and trial_id not in self.finals:
+            self.finals[trial_id] = self._losses(result, self.metrics)
+            self._write({"final": True, "trial_id": trial_id, "losses": self.finals[trial_id]})
         rung = self._rung_to_judge(trial_id, float(time))
         if rung is None:
             return TrialScheduler.CONTINUE
-        losses = [_number(result[metric]) * sign for metric, sign in zip(self.metrics, self._signs, strict=True)]
+        # At a rung, each objective is read from its rung metric where the result has one (the projection of
+        # learned_params to the trial's final density: the cost axis it will end on).
+        names = [
+            name if name in result else metric for name, metric in zip(self.rung_metrics, self.metrics, strict=True)
+        ]
+        losses = self._losses(result, names)
         recorded = self.rungs[rung]
         recorded[trial_id] = losses
-        keep = survives(list(recorded.values()), len(recorded) - 1, self.reduction_factor)
-        final = result.get(self.final_attr) if self.final_attr else None
-        if not keep and isinstance(final, (int, float)) and final <= time:
-            keep = True  # at its final step: the trial ends anyway, with its final values
-        self._write(rung, trial_id, losses, keep)
+        if self.rule == "halving":
+            keep = survives(list(recorded.values()), len(recorded) - 1, self.reduction_factor)
+        else:
+            keep = not dominated_by([values for other, values in self.finals.items() if other != trial_id], losses)
+        keep = keep or at_end
+        self._write({"rung": rung, "trial_id": trial_id, "losses": losses, "continued": keep})
         if keep:
             return TrialScheduler.CONTINUE
         self.num_stopped += 1
         logger.info("MOASHA stops trial %s at rung %g (%d recorded there)", trial_id, rung, len(recorded))
         return TrialScheduler.STOP
+
+    def _losses(self, result: Mapping[str, Any], names: Sequence[str]) -> list[float]:
+        return [_number(result[name]) * sign for name, sign in zip(names, self._signs, strict=True)]
 
     def _rung_to_judge(self, trial_id: str, time: float) -> float | None:
         """The highest rung at or below ``time``, if the trial has not been recorded there yet."""
@@ -236,31 +278,33 @@ class MOASHAScheduler(FIFOScheduler):
 
     # --- the journal --------------------------------------------------------------------------------------------
 
-    def _write(self, rung: float, trial_id: str, losses: list[float], keep: bool) -> None:
+    def _write(self, record: dict[str, Any]) -> None:
         if self.journal is None:
             return
-        line = json.dumps({"rung": rung, "trial_id": trial_id, "losses": losses, "continued": keep})
         path = Path(self.journal)
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(path, "a") as file:  # one line per record: an interrupted write loses at most that line
-            file.write(line + "\n")
+            file.write(json.dumps(record) + "\n")
 
     def _replay(self) -> None:
         if self._replayed:
             return
         self._replayed = True
-        if self.journal is None or not Path(self.journal).is_file() or any(self.rungs.values()):
+        if self.journal is None or not Path(self.journal).is_file() or any(self.rungs.values()) or self.finals:
             return
         for number, line in enumerate(Path(self.journal).read_text().splitlines(), 1):
             try:
                 record = json.loads(line)
-                rung = float(record["rung"])
+                trial_id = str(record["trial_id"])
                 losses = [float(value) for value in record["losses"]]
+                rung = None if record.get("final") else float(record["rung"])
             except (ValueError, KeyError, TypeError):
                 logger.warning("MOASHA journal %s: line %d unreadable, skipped", self.journal, number)
                 continue
-            if rung in self.rungs:
-                self.rungs[rung].setdefault(str(record["trial_id"]), losses)
+            if rung is None:
+                self.finals.setdefault(trial_id, losses)
+            elif rung in self.rungs:
+                self.rungs[rung].setdefault(trial_id, losses)
                 if not record.get("continued", True):
                     self.num_stopped += 1
 

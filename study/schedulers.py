@@ -23,16 +23,29 @@ import os
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from study.names import FINAL_STEP
+from study.names import FINAL_STEP, PROJECTED_LEARNED_PARAMS
 
 if TYPE_CHECKING:
     from ray.tune.schedulers import TrialScheduler
 
-__all__ = ["SCHEDULERS", "SCHEDULER_HELP", "REDUCTION_FACTOR", "MOASHA_JOURNAL", "STOPPING", "make_scheduler"]
+__all__ = [
+    "SCHEDULERS",
+    "SCHEDULER_HELP",
+    "REDUCTION_FACTOR",
+    "MOASHA_RULE",
+    "RUNG_METRICS",
+    "MOASHA_JOURNAL",
+    "STOPPING",
+    "make_scheduler",
+]
 
 SCHEDULERS = ("fifo", "asha", "moasha")
 STOPPING = ("asha", "moasha")  # the schedulers that stop trials at pruning steps (they need a space that prunes)
 REDUCTION_FACTOR = 2
+MOASHA_RULE = "dominated"  # study.moasha.RULES; why this one: study.moasha
+# What moasha reads an objective from at a rung, where it differs: learned params projected to the trial's final
+# density (the trainable reports it), so every trial is judged on the cost axis it will end on.
+RUNG_METRICS = {"learned_params": PROJECTED_LEARNED_PARAMS}
 MOASHA_JOURNAL = "moasha_rungs.jsonl"  # in the study directory
 SCHEDULER_HELP = (
     "fifo runs every trial to its final pruning step; "
@@ -86,5 +99,7 @@ def make_scheduler(
         grace_period=grace_period,
         reduction_factor=reduction_factor,
         final_attr=FINAL_STEP,
+        rung_metrics=[RUNG_METRICS.get(metric, metric) for metric in metrics],
+        rule=MOASHA_RULE,
         journal=os.path.join(study_dir, MOASHA_JOURNAL),
     )
