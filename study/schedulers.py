@@ -8,9 +8,10 @@ command can check ``--scheduler`` without it.
   schedules and stops the aggressive, few-parameter ones first (the cheap end of the front). Kept for single-objective
   spaces and for studies begun with it; its rung records are not kept across ``--resume`` (Ray does not save a
   scheduler with the experiment state).
-- ``moasha`` (``study.moasha``) ranks the whole objective vector at pruning steps 0 (trained, unpruned), 1, 2, 4, ...
-  by non-dominated sorting and stops trials outside the top ``1/reduction_factor``; its rung records survive
-  ``--resume`` (a journal in the study directory).
+- ``moasha`` (``study.moasha``) judges the whole objective vector at pruning steps 0 (trained, unpruned), 1, 2, 4,
+  ..., with learned params projected to the trial's final density, and stops a trial when a finished trial's final
+  point is no worse in every objective (rule ``dominated``; MOASHA's halving, rule ``halving``, measured below fifo
+  at equal compute); its records survive ``--resume`` (a journal in the study directory).
 
 Every stopped trial ends without error before its final step, so ``study.outcome.judge`` calls it PRUNED: Optuna is
 told PRUNED (``study.searcher``), MLflow records it KILLED with ``stopped_by`` (``study.tracking``), and it never
@@ -49,8 +50,8 @@ RUNG_METRICS = {"learned_params": PROJECTED_LEARNED_PARAMS}
 MOASHA_JOURNAL = "moasha_rungs.jsonl"  # in the study directory
 SCHEDULER_HELP = (
     "fifo runs every trial to its final pruning step; "
-    "moasha stops trials outside the top half at pruning steps 0 (trained, unpruned), 1, 2, 4, ... by "
-    "non-dominated sorting of all objectives; "
+    "moasha stops a trial at pruning steps 0 (trained, unpruned), 1, 2, 4, ... when a finished trial is no worse in "
+    "every objective than it (learned params projected to its final density); "
     "asha stops trials whose first objective (val_accuracy) alone lags at equal step, so it stops aggressive, "
     "few-parameter schedules first; stopped trials are recorded as pruned, never on the front (default: fifo)"
 )
