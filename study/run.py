@@ -7,6 +7,7 @@ The plan (``study.plan``) has checked every input before this starts.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
@@ -198,8 +199,11 @@ def build_tuner(settings: StudySettings, space: SearchSpace, max_concurrent: int
         num_params=len(space.params),
         max_concurrent=max_concurrent,
         reduction_factor=REDUCTION_FACTOR if settings.scheduler in STOPPING else None,
+        start_points=len(space.start_points),
     )
     print(f"sampler: {sampler_plan.header()}", flush=True)
+    for index, point in enumerate(space.start_points[: settings.num_samples]):
+        print(f"start point {index}: {', '.join(f'{key}={value}' for key, value in point.items())}", flush=True)
     searcher = StudySearcher(
         space,
         sampler=build_sampler(sampler_plan, settings.seed),
@@ -235,6 +239,7 @@ def build_tuner(settings: StudySettings, space: SearchSpace, max_concurrent: int
             "smoke": settings.smoke,
             "objectives": ",".join(f"{m}:{mode}" for m, mode in zip(space.metrics, space.modes, strict=True)),
             **{f"constraint_{key}": value for key, value in space.constraints.spec().items()},
+            **{f"start_point_{index}": json.dumps(dict(point)) for index, point in enumerate(space.start_points)},
         },
         tags={**_versions(), "space": settings.space, "mlflow.note.content": space.description},
         defaults=ExperimentConfig().to_flat(),

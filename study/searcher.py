@@ -96,6 +96,10 @@ class StudySearcher(OptunaSearch):
             space=DefineByRun(space),
             metric=space.metrics,
             mode=space.modes,
+            # Enqueued (Study.enqueue_trial) by Ray each time a searcher is built: on a new study only, so a searcher
+            # built again over a resumed study's storage never enqueues them twice. (Tune's own resume unpickles the
+            # searcher, which builds nothing.)
+            points_to_evaluate=[dict(point) for point in space.start_points] if _is_new(storage, study_name) else None,
             sampler=sampler,
             study_name=study_name,
             storage=storage,
@@ -198,6 +202,15 @@ class StudySearcher(OptunaSearch):
         except UpdateFinishedTrialError:
             return
         self.study.tell(number, list(values) if values else None, state=_STATES[state], skip_if_finished=True)
+
+
+def _is_new(storage: optuna.storages.BaseStorage, study_name: str) -> bool:
+    """No study ``study_name`` in ``storage`` yet, or one without trials (none asked, none enqueued)."""
+    try:
+        study_id = storage.get_study_id_from_name(study_name)
+    except KeyError:
+        return True
+    return not storage.get_all_trials(study_id, deepcopy=False)
 
 
 def last_values(result: dict[str, Any] | None, metrics: list[str]) -> dict[str, float]:
