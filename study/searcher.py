@@ -7,7 +7,8 @@ once (``study.outcome.judge``) and tells COMPLETE, PRUNED or FAIL accordingly, w
 attribute. The Optuna study lives in a storage (an SQLite file in the study directory), so it is kept across a
 resume; ``StudySearch`` lets a resumed study ask for more samples than it started with. A resumed study's Optuna
 trials that Tune's restored state lacks (asked after Tune last saved it) are asked again if unfinished, and count as
-asked if finished, so the study ends with the trials an uninterrupted one has.
+asked if finished, so the study ends with the trials an uninterrupted one has. A space's start points
+(``study.start_points``) are enqueued into a new study only, so they are asked first, once.
 
 What the samplers learn from a stopped (PRUNED) trial, in Optuna 5.0 (read in its source, issue 12): TPE counts it
 towards ``n_startup_trials`` and, in a multi-objective study, puts it in its "above" (not good) group once
