@@ -7,6 +7,7 @@ The plan (``study.plan``) has checked every input before this starts.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -193,6 +194,8 @@ def build_tuner(settings: StudySettings, space: SearchSpace, max_concurrent: int
     # The study's own copy, resolved: a later edit of a base the space extends does not change a resumed study.
     header = f"The search space of study {settings.name!r}, resolved from {space.path} and its bases."
     (study_dir / f"{settings.space}.toml").write_text(space.to_toml(header=header))
+    # A study of fewer trials than start points runs the first ones; no other is left waiting in the storage.
+    space = dataclasses.replace(space, start_points=space.start_points[: settings.num_samples])
     sampler_plan = plan_sampler(
         settings.sampler,
         num_samples=settings.num_samples,
@@ -202,7 +205,7 @@ def build_tuner(settings: StudySettings, space: SearchSpace, max_concurrent: int
         start_points=len(space.start_points),
     )
     print(f"sampler: {sampler_plan.header()}", flush=True)
-    for index, point in enumerate(space.start_points[: settings.num_samples]):
+    for index, point in enumerate(space.start_points):
         print(f"start point {index}: {', '.join(f'{key}={value}' for key, value in point.items())}", flush=True)
     searcher = StudySearcher(
         space,
