@@ -176,7 +176,9 @@ def run_study(name: str, *, space: str, sampler: str, scheduler: str, seed: int,
     directory to write every step point to (``NAME.csv``, ``study.records.load_points``' table)."""
     from mlflow.tracking import MlflowClient
 
+    from spa.counting import projected_learned_parameters
     from study.constraints import VIOLATION
+    from study.names import PROJECTED_LEARNED_PARAMS
     from study.records import child_runs, load_points
     from study.tune import main
 
@@ -203,7 +205,10 @@ def run_study(name: str, *, space: str, sampler: str, scheduler: str, seed: int,
         feasible = run_id not in violated
         curve = [
             {"step": int(row["step"]), "epoch": float(row["epoch"]), "final_step": int(last["step"]),
-             "feasible": feasible, **{metric: float(row[metric]) for metric in METRICS}}
+             "feasible": feasible, **{metric: float(row[metric]) for metric in METRICS},
+             PROJECTED_LEARNED_PARAMS: projected_learned_parameters(
+                 float(row["learned_params"]), learner=str(row["learner"]), density=float(row["target_density"]),
+                 final_density=float(last["target_density"]))}  # as the trainable reports it (a finished trial's)
             for _, row in steps.sort_values("step").iterrows()
         ]  # fmt: skip
         rows.append(
@@ -220,10 +225,11 @@ def run_study(name: str, *, space: str, sampler: str, scheduler: str, seed: int,
 
 
 def replay_line(studies: dict, sampler_arms: Sequence[str], *, trials: int, reference: Sequence[float]) -> str:
-    """moasha's rule replayed over every fifo study's trials that ran to their end (``replayed_ratio``)."""
-    from study.moasha import MOASHAScheduler
+    """moasha's rules replayed over every fifo study's trials that ran to their end (``replayed_ratio``): the study's
+    (``study.schedulers``) and the other of ``study.moasha.RULES``."""
+    from study.moasha import RULES, MOASHAScheduler
     from study.names import FINAL_STEP
-    from study.schedulers import REDUCTION_FACTOR
+    from study.schedulers import MOASHA_RULE, REDUCTION_FACTOR, RUNG_METRICS
 
     curves = {
         f"{arm}-{seed}-{row.trial_number}": row.curve
@@ -237,16 +243,21 @@ def replay_line(studies: dict, sampler_arms: Sequence[str], *, trials: int, refe
 
     max_t = max(curve[-1]["final_step"] for curve in curves.values())
 
-    def make() -> MOASHAScheduler:  # the study's moasha (study.schedulers.make_scheduler) without its journal
-        return MOASHAScheduler(
+    def make(rule: str):  # the study's moasha (study.schedulers.make_scheduler) without its journal
+        return lambda: MOASHAScheduler(
             metrics=list(METRICS), modes=["max", "min"], max_t=max_t, reduction_factor=REDUCTION_FACTOR,
-            final_attr=FINAL_STEP,
+            final_attr=FINAL_STEP, rung_metrics=[RUNG_METRICS.get(metric, metric) for metric in METRICS], rule=rule,
         )  # fmt: skip
 
-    ratio, error = replayed_ratio(curves, make, trials=trials, reference=reference)
+    rules = [MOASHA_RULE, *(rule for rule in RULES if rule != MOASHA_RULE)]
+    shown = []
+    for rule in rules:
+        ratio, error = replayed_ratio(curves, make(rule), trials=trials, reference=reference)
+        label = f"{rule} (the study's)" if rule == MOASHA_RULE else rule
+        shown.append(f"{label} {ratio:.3f} (s.e. {error:.3f})")
     return (
         f"moasha replayed over the {len(curves)} fifo trials in random orders, {trials} under fifo against as many as "
-        f"fit in their epochs: {ratio:.3f} (s.e. {error:.3f})"
+        f"fit in their epochs: {', '.join(shown)}"
     )
 
 

@@ -3,36 +3,55 @@
 Ray's ASHA compares one metric at each rung: here ``val_accuracy`` alone at pruning step k. But step k is a different
 density for each schedule, and accuracy alone ignores the second objective, so ASHA stops the aggressive,
 few-parameter schedules first: the cheap end of the front. MOASHA (Schmucker et al., "Multi-objective Asynchronous
-Successive Halving", https://arxiv.org/abs/2106.12639) ranks a trial's whole objective vector instead.
+Successive Halving", https://arxiv.org/abs/2106.12639) ranks a trial's whole objective vector instead. This
+scheduler keeps MOASHA's rungs and its whole-vector comparison; its halving is one of two rules a rung may use, and
+the study uses the other, which stops only trials a finished one dominates (below: why).
 
-The rule, as implemented here:
+Rungs sit at ``grace_period * reduction_factor**k`` (k = 0, 1, ...) up to ``max_t``, in the time attribute (the
+trial's reported pruning ``step``); ``grace_period=0`` (the default) puts the first rung at step 0, the trained,
+unpruned network, followed by those of grace period 1 (steps 0, 1, 2, 4, ...): in this project a trial spends most of
+its compute before its first pruning step, so a later first rung saves little. A trial is judged once per rung, at its
+first result at or past it (a trial that skips rungs is judged at the highest one it passed, as Ray's ASHA does).
 
-- Rungs sit at ``grace_period * reduction_factor**k`` (k = 0, 1, ...) up to ``max_t``, in the time attribute (the
-  trial's reported pruning ``step``); ``grace_period=0`` (the default) puts the first rung at step 0, the trained,
-  unpruned network, followed by those of grace period 1 (steps 0, 1, 2, 4, ...). A trial is judged once per rung, at
-  its first result at or past it (a trial that skips rungs is judged at the highest one it passed, as Ray's ASHA
-  does).
-- At a rung, the trial's objective vector joins those recorded there (every trial that reached it, stopped or not)
-  and all are ranked (``rung_order``): by non-dominated sorting (front 0 = not dominated by any other), then within
-  a front by crowding distance, larger first (NSGA-II's: the extremes of a front are infinitely far, so the most
-  accurate and the cheapest points rank first). A NaN objective counts as the worst value.
-- The trial continues when fewer than ``ceil(n / reduction_factor)`` of the n recorded trials rank strictly ahead of
-  it; ties go to the newcomer, as in Ray's ASHA (which continues a trial equal to its cutoff). So the first trial at
-  a rung always continues, and a trial dominated by ``ceil(n / reduction_factor)`` others is always stopped.
-- A trial at its own final step (``final_attr`` >= time) is recorded but never stopped: it is done anyway.
+What a rung compares: the trial's objective vector, each objective read from its ``rung_metrics`` entry where the
+result has one. The study reads ``learned_params`` as ``projected_learned_params``, the count projected to the trial's
+final density (``spa.counting.projected_learned_parameters``): at step 0 every trial is unpruned, so trials of one
+rank have the same cost there whatever density they are headed for, and a rung would rank the ones that end cheap
+(the front's valuable end) as if they were expensive. Projected from step 0, the count was within -10 % to +4 % of
+the final one on 93 recorded trials.
 
-Why a rung at step 0: stopping pays only in the compute it saves, and in this project a trial spends most of its
-compute before its first pruning step (the transfer's ``epochs``, then ``recovery_epochs`` per step), so a first
-rung at step 1 comes after half a short trial or more. Step 0 is also the one point where every trial is at the
-same density, so the comparison is like with like. Replayed over 44 fifo trials of ``benchmarks/search_quality.py
---medium`` at equal compute (issue 12): rungs at 1, 2, 4 reached 1.021x fifo's hypervolume, rungs at 0, 1, 2, 4
-1.050x, and an oracle that stops at step 1 exactly the trials whose final point ends off the front only 1.025x
-(benchmarks/README.md).
+How a rung decides (``rule``, one of ``RULES``):
+
+- ``halving``, Schmucker et al.'s: the trial's vector joins those recorded at the rung (every trial that reached it,
+  stopped or not) and all are ranked (``rung_order``): by non-dominated sorting (front 0 = not dominated by any
+  other), then within a front by crowding distance, larger first (NSGA-II's: the extremes of a front are infinitely
+  far). The trial continues when fewer than ``ceil(n / reduction_factor)`` of the n recorded trials rank strictly
+  ahead of it; ties go to the newcomer, as in Ray's ASHA. So the first trial at a rung always continues, and a trial
+  dominated by ``ceil(n / reduction_factor)`` others is always stopped.
+- ``dominated`` (the study's, ``study.schedulers.MOASHA_RULE``): the trial stops when the final point of a trial that
+  already finished is no worse in every objective (``dominated_by``). Its accuracy at a rung is, pruning being still
+  ahead, about the best it will end with, and its projected cost about what it will end with, so a trial stopped this
+  way would almost surely end off the front: it stops only sure losers, and as many as it finds.
+
+A NaN objective counts as the worst value. A trial at its own final step (``final_attr`` >= time) is recorded, as a
+rung record and as a final point, but never stopped: it is done anyway.
+
+Why not halving (issue 12; benchmarks/README.md, search-quality section). Fronts are built from finished trials only,
+and at ``benchmarks/search_quality.py --medium``'s budget a trial's step 0 costs a fifth to a third of it: halving
+stops half the trials at every rung, so a study finishes fewer of them inside fifo's compute, and the picks are not
+good enough to make up for it. Replayed over the recorded fifo trials at equal compute (24 on the geometric-only space
+/ 48 on the space before it, orders of 8): halving at rungs 0, 1, 2, 4 0.905 / 0.972 of fifo's hypervolume, with the
+projection 0.929 / 0.951; no rung set or reduction factor above 0.995; ``dominated`` 1.012 / 1.013; an oracle that
+knows every final point and stops at step 0 exactly the trials a finished one dominates 1.031 / 1.031, the most any
+rule stopping at step 0 could reach here. Without the projection ``dominated`` replays 0.950 / 0.951.
+
+Where ``dominated`` can err: a finished trial that breaks a constraint still counts (the scheduler does not see the
+space's constraints), and accuracy can rise a little in recovery after a rung.
 
 Resuming: Ray 2.60 does not save a scheduler with the experiment state (``TuneController.__getstate__`` leaves out
 ``_scheduler_alg``; the scheduler comes back as ``tuner.pkl`` pickled it when the study began, with empty rungs).
-So every rung record is also appended to ``journal`` (one JSON line each, flushed), and a scheduler with empty rungs
-replays it before its first decision. Pickling (and Tune's ``save``/``restore``) keeps the records too.
+So every rung record and final point is also appended to ``journal`` (one JSON line each, flushed), and a scheduler
+with empty rungs replays it before its first decision. Pickling (and Tune's ``save``/``restore``) keeps the records too.
 """
 
 from __future__ import annotations
@@ -53,7 +72,19 @@ from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 from study.names import MODES
 from study.pareto import pareto_mask
 
-__all__ = ["MOASHAScheduler", "rung_order", "rung_milestones", "nondominated_fronts", "crowding_distances", "survives"]
+__all__ = [
+    "MOASHAScheduler",
+    "RULES",
+    "rung_order",
+    "rung_milestones",
+    "nondominated_fronts",
+    "crowding_distances",
+    "survives",
+    "dominated_by",
+]
+
+# How a rung decides (see the module docstring): successive halving, or a stop only when a finished trial dominates.
+RULES = ("halving", "dominated")
 
 logger = logging.getLogger(__name__)
 
@@ -139,12 +170,20 @@ def survives(losses: Sequence[Sequence[float]], index: int, reduction_factor: fl
     return int(ahead.sum()) < math.ceil(len(fronts) / reduction_factor)
 
 
+def dominated_by(finals: Sequence[Sequence[float]], losses: Sequence[float]) -> bool:
+    """Whether some row of ``finals`` is no worse than ``losses`` in every objective (all minimised; NaN worst)."""
+    if not len(finals):
+        return False
+    return bool((_as_losses(finals) <= _as_losses([losses])).all(axis=1).any())
+
+
 # --- the scheduler -------------------------------------------------------------------------------------------------
 
 
 class MOASHAScheduler(FIFOScheduler):
-    """Stops trials outside the top ``1/reduction_factor`` of their rung by non-dominated sorting; see the module
-    docstring for the rule and for how the rung records survive a driver resume."""
+    """Stops trials at rungs by ``rule``: outside the top ``1/reduction_factor`` by non-dominated sorting (halving), or
+    dominated by a finished trial's final point (dominated); see the module docstring for the rules and for how the
+    records survive a driver resume."""
 
     def __init__(
         self,
@@ -156,16 +195,24 @@ class MOASHAScheduler(FIFOScheduler):
         grace_period: float = 0,
         reduction_factor: float = 2,
         final_attr: str | None = None,
+        rung_metrics: Sequence[str] | None = None,
+        rule: str = "halving",
         journal: str | os.PathLike[str] | None = None,
     ) -> None:
         super().__init__()
         if len(metrics) != len(modes) or not metrics:
             raise ValueError(f"one mode per metric is needed: {list(metrics)=} and {list(modes)=}")
+        if rung_metrics is not None and len(rung_metrics) != len(metrics):
+            raise ValueError(f"one rung metric per metric is needed: {list(metrics)=} and {list(rung_metrics)=}")
+        if rule not in RULES:
+            raise ValueError(f"rule={rule!r}; allowed: {', '.join(RULES)}")
         bad = [mode for mode in modes if mode not in MODES]
         if bad:
             raise ValueError(f"modes={list(modes)!r} hold {bad!r}; allowed: {', '.join(MODES)}")
         self.metrics = list(metrics)
         self.modes = list(modes)
+        self.rung_metrics = list(rung_metrics or metrics)
+        self.rule = rule
         self._metric = self.metrics[0]  # Tune's strict metric check looks for this one key in every result
         self.time_attr = time_attr
         self.reduction_factor = float(reduction_factor)
@@ -175,6 +222,7 @@ class MOASHAScheduler(FIFOScheduler):
         self._signs = [-1.0 if mode == "max" else 1.0 for mode in self.modes]
         # milestone -> {trial_id: losses}, in the order trials reached the rung
         self.rungs: dict[float, dict[str, list[float]]] = {milestone: {} for milestone in self.milestones}
+        self.finals: dict[str, list[float]] = {}  # trial_id -> losses at its final step
         self.num_stopped = 0
         self._replayed = False
 
@@ -192,7 +240,7 @@ class MOASHAScheduler(FIFOScheduler):
 
     def debug_string(self) -> str:
         rungs = ", ".join(f"{milestone:g}: {len(recorded)}" for milestone, recorded in self.rungs.items())
-        return f"MOASHA: {self.num_stopped} stopped; trials recorded per rung {{{rungs}}}"
+        return f"MOASHA ({self.rule}): {self.num_stopped} stopped; trials recorded per rung {{{rungs}}}"
 
     def save(self, checkpoint_path: str) -> None:
         with open(checkpoint_path, "wb") as file:
@@ -210,22 +258,36 @@ class MOASHAScheduler(FIFOScheduler):
         time = result.get(self.time_attr)
         if not isinstance(time, (int, float)) or any(metric not in result for metric in self.metrics):
             return TrialScheduler.CONTINUE
+        final = result.get(self.final_attr) if self.final_attr else None
+        at_end = isinstance(final, (int, float)) and final <= time  # the trial ends anyway, with these values
+        if at_end and trial_id not in self.finals:
+            self.finals[trial_id] = self._losses(result, self.metrics)
+            self._write({"final": True, "trial_id": trial_id, "losses": self.finals[trial_id]})
         rung = self._rung_to_judge(trial_id, float(time))
         if rung is None:
             return TrialScheduler.CONTINUE
-        losses = [_number(result[metric]) * sign for metric, sign in zip(self.metrics, self._signs, strict=True)]
+        # At a rung, each objective is read from its rung metric where the result has one (the projection of
+        # learned_params to the trial's final density: the cost axis it will end on).
+        names = [
+            name if name in result else metric for name, metric in zip(self.rung_metrics, self.metrics, strict=True)
+        ]
+        losses = self._losses(result, names)
         recorded = self.rungs[rung]
         recorded[trial_id] = losses
-        keep = survives(list(recorded.values()), len(recorded) - 1, self.reduction_factor)
-        final = result.get(self.final_attr) if self.final_attr else None
-        if not keep and isinstance(final, (int, float)) and final <= time:
-            keep = True  # at its final step: the trial ends anyway, with its final values
-        self._write(rung, trial_id, losses, keep)
+        if self.rule == "halving":
+            keep = survives(list(recorded.values()), len(recorded) - 1, self.reduction_factor)
+        else:
+            keep = not dominated_by([values for other, values in self.finals.items() if other != trial_id], losses)
+        keep = keep or at_end
+        self._write({"rung": rung, "trial_id": trial_id, "losses": losses, "continued": keep})
         if keep:
             return TrialScheduler.CONTINUE
         self.num_stopped += 1
         logger.info("MOASHA stops trial %s at rung %g (%d recorded there)", trial_id, rung, len(recorded))
         return TrialScheduler.STOP
+
+    def _losses(self, result: Mapping[str, Any], names: Sequence[str]) -> list[float]:
+        return [_number(result[name]) * sign for name, sign in zip(names, self._signs, strict=True)]
 
     def _rung_to_judge(self, trial_id: str, time: float) -> float | None:
         """The highest rung at or below ``time``, if the trial has not been recorded there yet."""
@@ -236,31 +298,33 @@ class MOASHAScheduler(FIFOScheduler):
 
     # --- the journal --------------------------------------------------------------------------------------------
 
-    def _write(self, rung: float, trial_id: str, losses: list[float], keep: bool) -> None:
+    def _write(self, record: dict[str, Any]) -> None:
         if self.journal is None:
             return
-        line = json.dumps({"rung": rung, "trial_id": trial_id, "losses": losses, "continued": keep})
         path = Path(self.journal)
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(path, "a") as file:  # one line per record: an interrupted write loses at most that line
-            file.write(line + "\n")
+            file.write(json.dumps(record) + "\n")
 
     def _replay(self) -> None:
         if self._replayed:
             return
         self._replayed = True
-        if self.journal is None or not Path(self.journal).is_file() or any(self.rungs.values()):
+        if self.journal is None or not Path(self.journal).is_file() or any(self.rungs.values()) or self.finals:
             return
         for number, line in enumerate(Path(self.journal).read_text().splitlines(), 1):
             try:
                 record = json.loads(line)
-                rung = float(record["rung"])
+                trial_id = str(record["trial_id"])
                 losses = [float(value) for value in record["losses"]]
+                rung = None if record.get("final") else float(record["rung"])
             except (ValueError, KeyError, TypeError):
                 logger.warning("MOASHA journal %s: line %d unreadable, skipped", self.journal, number)
                 continue
-            if rung in self.rungs:
-                self.rungs[rung].setdefault(str(record["trial_id"]), losses)
+            if rung is None:
+                self.finals.setdefault(trial_id, losses)
+            elif rung in self.rungs:
+                self.rungs[rung].setdefault(trial_id, losses)
                 if not record.get("continued", True):
                     self.num_stopped += 1
 

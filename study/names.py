@@ -15,6 +15,7 @@ __all__ = [
     "DEFAULT_TRACKING_URI",
     "PARENT_TAG",
     "FINAL_STEP",
+    "PROJECTED_LEARNED_PARAMS",
     "TRIAL_NUMBER",
     "STUDY_KEYS",
     "MODES",
@@ -32,6 +33,9 @@ PARENT_TAG = "mlflow.parentRunId"
 # Reported by the trainable with every step: the index of the trial's last pruning step. A trial that stopped before
 # it (an early-stopping scheduler) has no final values.
 FINAL_STEP = "final_step"
+# Reported by the trainable with every step: its learned_params projected to the schedule's final density
+# (``spa.counting.projected_learned_parameters``), the cost axis the trial will end on; what moasha ranks at its rungs.
+PROJECTED_LEARNED_PARAMS = "projected_learned_params"
 # Added to every trial's config by the driver (the Optuna trial number); not an experiment setting.
 TRIAL_NUMBER = "trial_number"
 STUDY_KEYS = (TRIAL_NUMBER,)

@@ -8,9 +8,10 @@ command can check ``--scheduler`` without it.
   schedules and stops the aggressive, few-parameter ones first (the cheap end of the front). Kept for single-objective
   spaces and for studies begun with it; its rung records are not kept across ``--resume`` (Ray does not save a
   scheduler with the experiment state).
-- ``moasha`` (``study.moasha``) ranks the whole objective vector at pruning steps 0 (trained, unpruned), 1, 2, 4, ...
-  by non-dominated sorting and stops trials outside the top ``1/reduction_factor``; its rung records survive
-  ``--resume`` (a journal in the study directory).
+- ``moasha`` (``study.moasha``) judges the whole objective vector at pruning steps 0 (trained, unpruned), 1, 2, 4,
+  ..., with learned params projected to the trial's final density, and stops a trial when a finished trial's final
+  point is no worse in every objective (rule ``dominated``; MOASHA's halving, rule ``halving``, measured below fifo
+  at equal compute); its records survive ``--resume`` (a journal in the study directory).
 
 Every stopped trial ends without error before its final step, so ``study.outcome.judge`` calls it PRUNED: Optuna is
 told PRUNED (``study.searcher``), MLflow records it KILLED with ``stopped_by`` (``study.tracking``), and it never
@@ -23,21 +24,34 @@ import os
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from study.names import FINAL_STEP
+from study.names import FINAL_STEP, PROJECTED_LEARNED_PARAMS
 
 if TYPE_CHECKING:
     from ray.tune.schedulers import TrialScheduler
 
-__all__ = ["SCHEDULERS", "SCHEDULER_HELP", "REDUCTION_FACTOR", "MOASHA_JOURNAL", "STOPPING", "make_scheduler"]
+__all__ = [
+    "SCHEDULERS",
+    "SCHEDULER_HELP",
+    "REDUCTION_FACTOR",
+    "MOASHA_RULE",
+    "RUNG_METRICS",
+    "MOASHA_JOURNAL",
+    "STOPPING",
+    "make_scheduler",
+]
 
 SCHEDULERS = ("fifo", "asha", "moasha")
 STOPPING = ("asha", "moasha")  # the schedulers that stop trials at pruning steps (they need a space that prunes)
 REDUCTION_FACTOR = 2
+MOASHA_RULE = "dominated"  # study.moasha.RULES; why this one: study.moasha
+# What moasha reads an objective from at a rung, where it differs: learned params projected to the trial's final
+# density (the trainable reports it), so every trial is judged on the cost axis it will end on.
+RUNG_METRICS = {"learned_params": PROJECTED_LEARNED_PARAMS}
 MOASHA_JOURNAL = "moasha_rungs.jsonl"  # in the study directory
 SCHEDULER_HELP = (
     "fifo runs every trial to its final pruning step; "
-    "moasha stops trials outside the top half at pruning steps 0 (trained, unpruned), 1, 2, 4, ... by "
-    "non-dominated sorting of all objectives; "
+    "moasha stops a trial at pruning steps 0 (trained, unpruned), 1, 2, 4, ... when a finished trial is no worse in "
+    "every objective than it (learned params projected to its final density); "
     "asha stops trials whose first objective (val_accuracy) alone lags at equal step, so it stops aggressive, "
     "few-parameter schedules first; stopped trials are recorded as pruned, never on the front (default: fifo)"
 )
@@ -86,5 +100,7 @@ def make_scheduler(
         grace_period=grace_period,
         reduction_factor=reduction_factor,
         final_attr=FINAL_STEP,
+        rung_metrics=[RUNG_METRICS.get(metric, metric) for metric in metrics],
+        rule=MOASHA_RULE,
         journal=os.path.join(study_dir, MOASHA_JOURNAL),
     )

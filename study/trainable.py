@@ -16,8 +16,9 @@ import ray
 from ray import tune
 
 from spa.config import ExperimentConfig
+from spa.counting import projected_learned_parameters
 from spa.experiment import pruning_densities, run_experiment
-from study.names import FINAL_STEP, STUDY_KEYS
+from study.names import FINAL_STEP, PROJECTED_LEARNED_PARAMS, STUDY_KEYS
 
 __all__ = ["run_trial"]
 
@@ -27,14 +28,24 @@ def run_trial(config: dict[str, Any]) -> None:
     # One "Checkpoint successfully created" line per pruning step per trial says nothing the results do not.
     logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
     experiment = ExperimentConfig.from_flat({k: v for k, v in config.items() if k not in STUDY_KEYS})
-    final_step = len(pruning_densities(experiment))
+    densities = pruning_densities(experiment)
+    final_step, final_density = len(densities), (densities[-1] if densities else 1.0)
     # Where this attempt runs: a trial retried after its node died reports from another node.
     node_id = ray.get_runtime_context().get_node_id()
     reported: list[int] = []
 
+    def with_study_keys(metrics: dict[str, float]) -> dict[str, Any]:
+        projected = projected_learned_parameters(
+            metrics["learned_params"],
+            learner=experiment.learner.learner,
+            density=metrics["target_density"],
+            final_density=final_density,
+        )
+        return {**metrics, PROJECTED_LEARNED_PARAMS: projected, FINAL_STEP: final_step, "node_id": node_id}
+
     def report(metrics: dict[str, float], checkpoint_dir: str | None) -> None:
         checkpoint = tune.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
-        tune.report({**metrics, FINAL_STEP: final_step, "node_id": node_id}, checkpoint=checkpoint)
+        tune.report(with_study_keys(metrics), checkpoint=checkpoint)
         reported.append(int(metrics["step"]))
         if checkpoint_dir:  # tune.report has persisted a copy in the trial's storage
             shutil.rmtree(checkpoint_dir, ignore_errors=True)
@@ -50,6 +61,6 @@ def run_trial(config: dict[str, Any]) -> None:
         if not reported and history:
             # Interrupted after its final step was saved but before the driver recorded the end: say it again, so
             # the trial ends on its final result (and is not mistaken for one stopped early).
-            tune.report({**history[-1], FINAL_STEP: final_step, "node_id": node_id})
+            tune.report(with_study_keys(history[-1]))
     finally:
         shutil.rmtree(scratch, ignore_errors=True)

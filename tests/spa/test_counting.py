@@ -7,8 +7,9 @@ import torch
 from torch import nn
 
 from spa.adapters import add_splora, merge
-from spa.counting import conv_channels, flops, learned_parameters, total_parameters
+from spa.counting import conv_channels, flops, learned_parameters, projected_learned_parameters, total_parameters
 from spa.models import build_resnet
+from spa.pruning import network_conv_names, prune_to_density
 
 
 def test_resnet50_cifar_matches_paper() -> None:
@@ -65,3 +66,32 @@ def test_finetune_learns_everything(arch: str) -> None:
     model = build_resnet(arch, 3)
     assert learned_parameters(model) == sum(p.numel() for p in model.parameters())
     assert torch.is_grad_enabled()
+
+
+@pytest.mark.parametrize("learner, expected", [("splora", 1000 * 0.25), ("finetune", 1000 * 0.25**2)])
+def test_projected_learned_parameters_scale_by_learner(learner: str, expected: float) -> None:
+    assert projected_learned_parameters(1000, learner=learner, density=0.8, final_density=0.2) == pytest.approx(
+        expected
+    )
+    assert projected_learned_parameters(1000, learner=learner, density=0.2, final_density=0.2) == 1000  # at its end
+
+
+@pytest.mark.parametrize("learner, tolerance", [("splora", 0.05), ("finetune", 0.15)])
+def test_projected_learned_parameters_against_a_pruned_network(learner: str, tolerance: float) -> None:
+    """The projection from the unpruned network against the count after real pruning (random scores) to 30 %."""
+    torch.manual_seed(0)
+    model = build_resnet("resnet18", 5)
+    if learner == "splora":
+        add_splora(model, 4, 1e-3)
+    reference = conv_channels(model)
+    projected = projected_learned_parameters(learned_parameters(model), learner=learner, density=1, final_density=0.3)
+    scores = {name: torch.rand(conv.out_channels) for name, conv in network_conv_names(model).items()}
+    prune_to_density(model, scores, 0.3, reference, torch.zeros(1, 3, 32, 32), min_channels=1)
+    assert abs(projected / learned_parameters(model) - 1) < tolerance
+
+
+def test_projected_learned_parameters_refuses_bad_input() -> None:
+    with pytest.raises(ValueError, match="learner='lora'"):
+        projected_learned_parameters(1, learner="lora", density=1, final_density=0.5)
+    with pytest.raises(ValueError, match="density=0"):
+        projected_learned_parameters(1, learner="splora", density=0, final_density=0.5)

@@ -15,6 +15,7 @@ from ray.tune.schedulers import TrialScheduler
 from study.moasha import (
     MOASHAScheduler,
     crowding_distances,
+    dominated_by,
     nondominated_fronts,
     rung_milestones,
     rung_order,
@@ -182,7 +183,8 @@ def test_rung_records_survive_a_driver_resume(tmp_path: Path) -> None:
     assert set(resumed.rungs[0.0]) == set(trials) and set(resumed.rungs[1.0]) == set(FRONT)
     # a trial that continues after the resume repeats no judgement at a rung it was already recorded at
     assert resumed.decide("f1", curve(*FRONT["f1"], 8)[1]) == CONTINUE
-    assert len(journal.read_text().splitlines()) == sum(len(r) for r in resumed.rungs.values())
+    assert set(resumed.finals) == set(FRONT)  # the trials that reached their final step, before or after
+    assert len(journal.read_text().splitlines()) == sum(len(r) for r in resumed.rungs.values()) + len(resumed.finals)
 
 
 def test_save_and_restore(tmp_path: Path) -> None:
@@ -206,11 +208,13 @@ def test_on_trial_result_and_complete_use_the_trial_id() -> None:
 def test_the_study_schedulers_first_rungs(tmp_path: Path) -> None:
     """moasha judges at step 0 (trained, unpruned: every trial at the same density, the least compute spent), then 1,
     2, 4; Ray's asha cannot start at 0 and keeps step 1."""
-    from study.schedulers import make_scheduler
+    from study.schedulers import MOASHA_RULE, make_scheduler
 
     objectives = {"metrics": ["val_accuracy", "learned_params"], "modes": ["max", "min"], "study_dir": tmp_path}
     assert make_scheduler("moasha", max_t=4, **objectives).milestones == [0, 1, 2, 4]
     assert make_scheduler("moasha", max_t=4, grace_period=1, **objectives).milestones == [1, 2, 4]
+    moasha = make_scheduler("moasha", max_t=4, **objectives)
+    assert (moasha.rule, moasha.rung_metrics) == (MOASHA_RULE, ["val_accuracy", "projected_learned_params"])
     assert make_scheduler("asha", max_t=4, **objectives)._brackets[0]._rungs[-1][0] == 1  # Ray's lowest rung
     with pytest.raises(ValueError, match="max_t=0 < 1"):
         make_scheduler("moasha", max_t=0, **objectives)
@@ -219,8 +223,87 @@ def test_the_study_schedulers_first_rungs(tmp_path: Path) -> None:
 def test_refuses_bad_settings() -> None:
     with pytest.raises(ValueError, match="one mode per metric"):
         MOASHAScheduler(metrics=["a", "b"], modes=["max"], max_t=4)
+    with pytest.raises(ValueError, match="one rung metric per metric"):
+        MOASHAScheduler(metrics=["a", "b"], modes=["max", "min"], max_t=4, rung_metrics=["a"])
+    with pytest.raises(ValueError, match="rule='bound'; allowed: halving, dominated"):
+        MOASHAScheduler(metrics=["a"], modes=["max"], max_t=4, rule="bound")
     with pytest.raises(ValueError, match="allowed: max, min"):
         MOASHAScheduler(metrics=["a"], modes=["maximize"], max_t=4)
+
+
+# --- rung metrics and the dominated rule ---------------------------------------------------------------------------
+
+
+def test_dominated_by() -> None:
+    finals = [[-0.9, 100.0], [-0.7, 10.0]]  # losses: -accuracy, params
+    assert dominated_by(finals, [-0.85, 150.0])  # beaten by the first in both
+    assert dominated_by(finals, [-0.7, 10.0])  # equal to the second: it could add nothing
+    assert not dominated_by(finals, [-0.95, 150.0]) and not dominated_by(finals, [-0.8, 50.0])
+    assert dominated_by(finals, [NAN, 500.0]) and not dominated_by(finals, [NAN, 5.0])  # NaN: the worst value
+    assert not dominated_by([], [-0.1, 1e9])
+
+
+def results(accuracy: float, params: float, *, projected: float | None = None, final_step: int = 2) -> dict:
+    """A result at step 0 of a trial ending at ``final_step``, optionally with projected learned params."""
+    result = {"step": 0, "val_accuracy": accuracy, "learned_params": params, "final_step": final_step}
+    return result if projected is None else {**result, "projected_learned_params": projected}
+
+
+def make_rule(rule: str, journal: Path | None = None) -> MOASHAScheduler:
+    return MOASHAScheduler(
+        metrics=["val_accuracy", "learned_params"],
+        modes=["max", "min"],
+        max_t=8,
+        final_attr="final_step",
+        rung_metrics=["val_accuracy", "projected_learned_params"],
+        rule=rule,
+        journal=journal,
+    )
+
+
+def test_dominated_rule_stops_only_what_a_finished_trial_beats() -> None:
+    """A rung vector is (accuracy now, learned params projected to the end); it stops when a finished trial's final
+    point is no worse in both. Trials at step 0 of 2 with no finished trial yet all continue; so does one dominated
+    by a trial still running."""
+    scheduler = make_rule("dominated")
+    assert scheduler.decide("early", results(0.1, 1e6, projected=1e6)) == CONTINUE  # nothing finished yet
+    assert scheduler.decide("running", results(0.95, 5, projected=5)) == CONTINUE
+    for trial_id, (accuracy, params) in {"a": (0.9, 100), "b": (0.7, 10)}.items():  # two finished trials
+        assert scheduler.decide(trial_id, results(accuracy, params, projected=params, final_step=0)) == CONTINUE
+    assert scheduler.finals == {"a": [-0.9, 100], "b": [-0.7, 10]}
+    expected = {
+        "x": ((0.85, 150, 150), STOP),  # beaten by a
+        "tie": ((0.7, 10, 10), STOP),  # equal to b
+        "y": ((0.95, 150, 150), CONTINUE),  # more accurate than either
+        "z": ((0.8, 50, 50), CONTINUE),  # between them
+        "cheap_at_the_end": ((0.75, 1000, 5), CONTINUE),  # costly now, cheaper than b where it ends
+        "unprojected": ((0.75, 1000, None), STOP),  # without a projection, its cost now
+    }
+    for trial_id, ((accuracy, params, projected), decision) in expected.items():
+        assert scheduler.decide(trial_id, results(accuracy, params, projected=projected)) == decision, trial_id
+    assert scheduler.rungs[0.0]["cheap_at_the_end"] == [-0.75, 5]
+    assert scheduler.num_stopped == 3
+
+
+def test_halving_ranks_on_the_projected_cost() -> None:
+    """Two trials equal at step 0 (same accuracy, same rank: same learned params) tie under halving, so both go on;
+    projected to where they end, the one headed for more parameters is dominated and stops."""
+    plain = MOASHAScheduler(metrics=["val_accuracy", "learned_params"], modes=["max", "min"], max_t=8)
+    projected = make_rule("halving")
+    for scheduler, decisions in ((plain, [CONTINUE, CONTINUE]), (projected, [CONTINUE, STOP])):
+        got = [scheduler.decide(t, results(0.9, 100, projected=p)) for t, p in (("cheap", 20), ("dear", 50))]
+        assert got == decisions
+
+
+def test_finished_trials_survive_a_driver_resume(tmp_path: Path) -> None:
+    journal = tmp_path / "moasha_rungs.jsonl"
+    as_pickled_at_start = pickle.dumps(make_rule("dominated", journal))
+    first = pickle.loads(as_pickled_at_start)
+    assert first.decide("a", results(0.9, 100, projected=100, final_step=0)) == CONTINUE
+    assert first.decide("x", results(0.8, 150, projected=150)) == STOP
+    resumed = pickle.loads(as_pickled_at_start)  # the first driver killed; Tune restores the scheduler as at start
+    assert resumed.decide("x2", results(0.85, 120, projected=120)) == STOP
+    assert resumed.finals == {"a": [-0.9, 100]} and resumed.num_stopped == 2
 
 
 # --- one real Tune run ---------------------------------------------------------------------------------------------

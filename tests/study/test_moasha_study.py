@@ -9,6 +9,7 @@ from pathlib import Path
 
 import optuna
 import pandas as pd
+import pytest
 from mlflow.tracking import MlflowClient
 
 from study.schedulers import MOASHA_JOURNAL
@@ -18,8 +19,8 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 # Two trials, one after the other; with the random sampler and seed 41 the first draws (rank 2, lr 0.05) and the
 # second (rank 32, lr 0.0001): more parameters and, at a learning rate that barely learns, less accuracy. So at the
-# first rung (step 0, trained and unpruned) the second trial is dominated by the only other trial there, outside the
-# top half, and MOASHA stops it before its first pruning step.
+# first rung (step 0, trained and unpruned) the second trial's accuracy, at the learned parameters it would end with,
+# is already beaten by the first trial's final point, and MOASHA stops it before its first pruning step.
 SPACE = """
 description = "moasha smoke: two pruning steps; rank and learning rate at two extremes each"
 [fixed]
@@ -75,4 +76,11 @@ def test_moasha_smoke_study_stops_a_trial(tmp_path: Path, backbone_cache, ray_cl
     assert not set(front["trial_id"]) & {t.user_attrs["tune_trial_id"] for t in pruned}
 
     records = [json.loads(line) for line in (study_dir / MOASHA_JOURNAL).read_text().splitlines()]
-    assert {r["trial_id"] for r in records if not r["continued"]} == {t.user_attrs["tune_trial_id"] for t in pruned}
+    rungs, finals = [r for r in records if "rung" in r], [r for r in records if r.get("final")]
+    assert {r["trial_id"] for r in rungs if not r["continued"]} == {t.user_attrs["tune_trial_id"] for t in pruned}
+    assert [r["trial_id"] for r in finals] == [trials[0].user_attrs["tune_trial_id"]]  # what the stop was judged on
+    # ... on learned params projected to the schedule's end: the default final density, 0.3, of its step-0 count
+    (stopped,) = pruned
+    step0 = client.get_metric_history(runs[str(stopped.number)].info.run_id, "learned_params")
+    judged = [r["losses"][1] for r in rungs if r["trial_id"] == stopped.user_attrs["tune_trial_id"]]
+    assert [point.step for point in step0] == [0] and judged == [pytest.approx(step0[0].value * 0.3)]
