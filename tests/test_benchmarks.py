@@ -19,8 +19,8 @@ import torch
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 SCRIPTS = (
-    "adapter_step", "pruned_inference", "criteria_cost", "claim", "convergence", "gpu", "shared_gpu", "harness_scale",
-    "search_quality",
+    "adapter_step", "adapter_account", "pruned_inference", "criteria_cost", "claim", "convergence", "gpu", "shared_gpu",
+    "harness_scale", "search_quality",
 )  # fmt: skip
 
 
@@ -502,6 +502,13 @@ def test_search_quality_replay() -> None:
     # epoch, cheapest) in, the hypervolume grows.
     ratio, error = quality.replayed_ratio(curves, lambda: _StopsAtStep({"b"}, 0), trials=2, reference=reference)
     assert ratio > 1.0 and error > 0.0
+
+
+def test_adapter_account_subtracts_per_round() -> None:
+    account = load("adapter_account")
+    times = {"floor": [1.0, 2.0, 4.0], "splora": [1.1, 2.4, 4.4], "neither": [1.0, 2.1, 4.0]}
+    assert account.per_round(times, "splora") == pytest.approx(1.1)  # rounds: 1.1, 1.2, 1.1
+    assert account.per_round(times, "splora", "neither") == pytest.approx(0.1)  # 0.1, 0.15, 0.1
 
 
 # --- command lines ------------------------------------------------------------------------------------------------
