@@ -17,13 +17,15 @@ else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
 SPLORA_POINTS = tomllib.loads((SPACES_DIR / "_splora.toml").read_text())["start_points"]
+FINETUNE_POINTS = tomllib.loads((SPACES_DIR / "_finetune.toml").read_text())["start_points"]
 
 
-def test_the_splora_spaces_start_at_the_two_ends_of_the_front() -> None:
+def test_the_embedded_task_spaces_start_at_the_two_ends_of_the_front() -> None:
     assert [(point["rank"], point["final_density"]) for point in SPLORA_POINTS] == [(1, 0.05), (64, 0.6)]
+    assert [point["final_density"] for point in FINETUNE_POINTS] == [0.05, 0.6]
     for name in list_spaces():
         space = load_space(name)
-        expected = SPLORA_POINTS if name.startswith("splora_") else []
+        expected = {"splora": SPLORA_POINTS, "finetune": FINETUNE_POINTS}.get(name.split("_")[0], [])
         assert [dict(point) for point in space.start_points] == expected, name
         # every point is a trial the space could have drawn
         params = {param.name: param for param in space.params}
