@@ -1,0 +1,140 @@
+"""Where the fused SPLoRA step's time above its floor goes: the step with one part at a time switched off.
+
+``adapter_step.py`` times the step whole; this script subtracts. Variants, interleaved round-robin beside the floor
+(ResNet-18, CIFAR stem, batch 32, 32 px, rank 8, as ``adapter_step.py``):
+
+- ``splora``: the fused step as it trains (``spa.fused``);
+- ``no_factor_gradients``: the backward returns zeros for dA and dB (``low_rank_gradients`` skipped);
+- ``no_kernel_rewrite``: the kept kernel's centre tap is written once and never again (no ``B @ A`` per call);
+- ``neither``: both off: what is left is the autograd Function's Python, the optimizer over 40 more tensors, and
+  whatever the kept kernel costs the convs themselves;
+- ``whole_batch``: the factor gradients as before issue 14's sixth pass: whole-batch products on the torch threads
+  instead of the batch split over one-thread workers (``spa.fused._split_batch``); the same as ``splora`` on one
+  thread.
+
+The switched-off variants compute wrong gradients: timing only. Each part's cost is the per-round median of
+(splora - variant) / floor; ``rest`` is neither / floor - 1. Last line:
+``splora_vs_floor=.. factor_gradients=.. kernel_rewrite=.. rest=.. whole_batch_vs_floor=..``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+
+from spa import fused
+from spa.adapters import add_splora
+from spa.models import build_resnet
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the helpers shared by the scripts beside this one
+from _timing import add_timing_flags, last_line, round_robin  # noqa: E402
+from adapter_step import floor, make_step  # noqa: E402
+
+_write_centre, _low_rank_gradients = fused._Kept.write_centre, fused.low_rank_gradients
+_split_batch = fused._split_batch
+
+
+def _write_once(kept: fused._Kept, lora_a: torch.Tensor, lora_b: torch.Tensor, writer: object) -> torch.Tensor:
+    if kept.writer is None:
+        return _write_centre(kept, lora_a, lora_b, writer)
+    kept.writer = writer
+    return kept.kernel
+
+
+def _zero_factor_gradients(grad_output, x, lora_a, lora_b, stride):  # type: ignore[no-untyped-def]
+    return torch.zeros_like(lora_a), torch.zeros_like(lora_b)
+
+
+def _whole_batch(grads, inputs, a, b_t, parts):  # type: ignore[no-untyped-def]
+    return fused._products(grads, inputs, a, b_t)
+
+
+@contextmanager
+def patched(
+    write_centre: Callable | None = None,
+    low_rank_gradients: Callable | None = None,
+    split_batch: Callable | None = None,
+) -> Iterator[None]:
+    fused._Kept.write_centre = write_centre or _write_centre  # type: ignore[method-assign]
+    fused.low_rank_gradients = low_rank_gradients or _low_rank_gradients
+    fused._split_batch = split_batch or _split_batch
+    try:
+        yield
+    finally:
+        fused._Kept.write_centre = _write_centre  # type: ignore[method-assign]
+        fused.low_rank_gradients, fused._split_batch = _low_rank_gradients, _split_batch
+
+
+def under(step: Callable[[], None], **patches: Callable) -> Callable[[], None]:
+    def run() -> None:
+        with patched(**patches):
+            step()
+
+    return run
+
+
+def per_round(times: dict[str, list[float]], name: str, minus: str | None = None) -> float:
+    """Median over rounds of name / floor, or of (name - minus) / floor."""
+    base = times["floor"]
+    subtract = times[minus] if minus else [0.0] * len(base)
+    return statistics.median((t - s) / f for t, s, f in zip(times[name], subtract, base, strict=True))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument(
+        "--clock", choices=("wall", "cpu"), default="wall", help="as adapter_step.py's --clock (default: wall)"
+    )
+    add_timing_flags(parser, threads=2, rounds=15, warmup=3)
+    args = parser.parse_args(argv)
+    if args.threads < 1:
+        print(f"--threads must be >= 1, got {args.threads}", file=sys.stderr)
+        return 2
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+
+    def step(model: torch.nn.Module) -> Callable[[], None]:
+        return make_step(model, 32, 32, 10)
+
+    def splora() -> Callable[[], None]:
+        return step(add_splora(build_resnet("resnet18", 10, cifar_stem=True), 8, 1e-3))
+
+    steps = {
+        "floor": step(floor(build_resnet("resnet18", 10, cifar_stem=True))),
+        "splora": splora(),
+        "no_factor_gradients": under(splora(), low_rank_gradients=_zero_factor_gradients),
+        "no_kernel_rewrite": under(splora(), write_centre=_write_once),
+        "neither": under(splora(), write_centre=_write_once, low_rank_gradients=_zero_factor_gradients),
+        "whole_batch": under(splora(), split_batch=_whole_batch),
+    }
+    clock = time.process_time if args.clock == "cpu" else time.perf_counter
+    print(f"load average before: {os.getloadavg()[0]:.1f}", flush=True)
+    times = round_robin(steps, args.rounds, args.warmup, clock=clock)
+    print(f"load average after: {os.getloadavg()[0]:.1f} ({args.clock} clock, {args.threads} threads)")
+    floor_median = statistics.median(times["floor"])
+    for name, values in times.items():
+        print(
+            f"{name:>20}: median step {statistics.median(values) * 1e3:7.1f} ms, "
+            f"{statistics.median(values) / floor_median:.3f} of the floor's, per round {per_round(times, name):.3f}"
+        )
+    values = {
+        "splora_vs_floor": per_round(times, "splora"),
+        "factor_gradients": per_round(times, "splora", "no_factor_gradients"),
+        "kernel_rewrite": per_round(times, "splora", "no_kernel_rewrite"),
+        "rest": per_round(times, "neither") - 1.0,
+        "whole_batch_vs_floor": per_round(times, "whole_batch"),
+    }
+    print(last_line(values, digits=3))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
