@@ -7,6 +7,8 @@ The plan (``study.plan``) has checked every input before this starts.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 import os
 import sys
@@ -192,14 +194,19 @@ def build_tuner(settings: StudySettings, space: SearchSpace, max_concurrent: int
     # The study's own copy, resolved: a later edit of a base the space extends does not change a resumed study.
     header = f"The search space of study {settings.name!r}, resolved from {space.path} and its bases."
     (study_dir / f"{settings.space}.toml").write_text(space.to_toml(header=header))
+    # A study of fewer trials than start points runs the first ones; no other is left waiting in the storage.
+    space = dataclasses.replace(space, start_points=space.start_points[: settings.num_samples])
     sampler_plan = plan_sampler(
         settings.sampler,
         num_samples=settings.num_samples,
         num_params=len(space.params),
         max_concurrent=max_concurrent,
         reduction_factor=REDUCTION_FACTOR if settings.scheduler in STOPPING else None,
+        start_points=len(space.start_points),
     )
     print(f"sampler: {sampler_plan.header()}", flush=True)
+    for index, point in enumerate(space.start_points):
+        print(f"start point {index}: {', '.join(f'{key}={value}' for key, value in point.items())}", flush=True)
     searcher = StudySearcher(
         space,
         sampler=build_sampler(sampler_plan, settings.seed),
@@ -235,6 +242,7 @@ def build_tuner(settings: StudySettings, space: SearchSpace, max_concurrent: int
             "smoke": settings.smoke,
             "objectives": ",".join(f"{m}:{mode}" for m, mode in zip(space.metrics, space.modes, strict=True)),
             **{f"constraint_{key}": value for key, value in space.constraints.spec().items()},
+            **{f"start_point_{index}": json.dumps(dict(point)) for index, point in enumerate(space.start_points)},
         },
         tags={**_versions(), "space": settings.space, "mlflow.note.content": space.description},
         defaults=ExperimentConfig().to_flat(),

@@ -19,6 +19,11 @@ generation. The rules here (each setting's reason travels with the plan, for the
   trials (conditional ones, e.g. ``rank`` when the learner is searched) are sampled at random.
 - ``random``: no settings.
 
+A space's start points (``study.start_points``) are the study's first trials, and a sampler learns from them like
+from any trial: they count towards TPE's and GP's startup trials (they spread the first observations by design, as
+the random ones do by chance, here over the ends of the front), so the startup counts stay sized to the budget and
+fewer trials are drawn at random; NSGA-II's first generation holds them. The plan's line says so.
+
 Under a scheduler that stops trials by successive halving (``moasha``, ``asha``: ``reduction_factor``), a trial costs
 less than a full one, so the startup counts are sized to the compute, ``num_samples / reduction_factor`` full trials,
 not to the number of trials: the first trials of such a study are seldom stopped (a rung with few records stops few),
@@ -67,14 +72,16 @@ def plan_sampler(
     num_params: int | None = None,
     max_concurrent: int = 1,
     reduction_factor: float | None = None,
+    start_points: int = 0,
 ) -> SamplerPlan:
     """The settings of sampler ``name`` for a study of ``num_samples`` trials over ``num_params`` searched
     parameters, ``max_concurrent`` at a time, stopped by successive halving at ``reduction_factor`` (None: run to
-    their end); see the module docstring for the rules."""
+    their end), whose first ``start_points`` trials are the space's start points; see the module docstring for the
+    rules."""
     if name not in SAMPLER_NAMES:
         raise ValueError(f"sampler={name!r} is not allowed; allowed: {', '.join(SAMPLER_NAMES)}")
-    if num_samples < 1 or max_concurrent < 1 or (num_params is not None and num_params < 1):
-        raise ValueError(f"need positive sizes: {num_samples=}, {num_params=}, {max_concurrent=}")
+    if num_samples < 1 or max_concurrent < 1 or (num_params is not None and num_params < 1) or start_points < 0:
+        raise ValueError(f"need positive sizes: {num_samples=}, {num_params=}, {max_concurrent=}, {start_points=}")
     if reduction_factor is not None and not reduction_factor > 1:
         raise ValueError(f"{reduction_factor=}: allowed: None or a number > 1")
     overlap = min(max_concurrent, num_samples) - 1  # trials asked before the first one finishes
@@ -84,18 +91,23 @@ def plan_sampler(
         cap = 11 * num_params - 1 if num_params else _OPTUNA_STARTUP
         startup = _clamp(math.ceil(full / 3) - overlap, 2, cap)
         return _random_first(
-            name, startup, overlap, num_samples, f"finished before TPE, {max_concurrent} at a time{sized}"
+            name, startup, overlap, num_samples, start_points, f"finished before TPE, {max_concurrent} at a time{sized}"
         )
     if name == "nsga2":
         population = min(num_samples, _clamp(num_samples // 4, 4, _OPTUNA_POPULATION))
         population = max(population, 2)  # Optuna's minimum
         generations = num_samples / population
+        first = f", the first holding {min(start_points, num_samples)} start points" if start_points else ""
         return SamplerPlan(
-            name, {"population_size": population}, f"{generations:.1f} generations of {population} trials"
+            name, {"population_size": population}, f"{generations:.1f} generations of {population} trials{first}"
         )
     if name == "gp":
         startup = _clamp(math.ceil(full / 4) - overlap, 2, _OPTUNA_STARTUP)
-        return _random_first(name, startup, overlap, num_samples, f"completed before the GP{sized}")
+        return _random_first(name, startup, overlap, num_samples, start_points, f"completed before the GP{sized}")
+    if 0 < start_points < num_samples:
+        return SamplerPlan(name, {}, f"{start_points} start points, then {num_samples - start_points} trials at random")
+    if start_points:
+        return SamplerPlan(name, {}, _start_points(start_points, num_samples))
     return SamplerPlan(name, {}, f"all {num_samples} trials at random")
 
 
@@ -119,15 +131,31 @@ def build_sampler(plan: SamplerPlan, seed: int) -> optuna.samplers.BaseSampler:
 _THEN = {"tpe": "TPE", "gp": "log expected hypervolume improvement"}
 
 
-def _random_first(name: str, startup: int, overlap: int, num_samples: int, startup_means: str) -> SamplerPlan:
+def _random_first(
+    name: str, startup: int, overlap: int, num_samples: int, start_points: int, startup_means: str
+) -> SamplerPlan:
     """A sampler that draws at random until ``startup`` trials have ended (``startup_means`` says how they count),
-    then models: about ``startup + overlap`` trials are drawn at random (those asked while the startup ones ran)."""
-    random_trials = min(num_samples, startup + overlap)
+    then models: about ``startup + overlap`` trials are asked before it models (those asked while the startup ones
+    ran), the ``start_points`` first of them, the others drawn at random."""
+    settings = {"n_startup_trials": startup}
+    if start_points >= num_samples:
+        return SamplerPlan(name, settings, _start_points(start_points, num_samples))
+    random_trials = max(0, min(num_samples, startup + overlap) - start_points)
+    included = ", start points included" if start_points else ""
+    first = f"{_start_points(start_points, num_samples)}, then " if start_points else ""
     return SamplerPlan(
         name,
-        {"n_startup_trials": startup},
-        f"about {random_trials} of {num_samples} trials random ({startup} {startup_means}), then {_THEN[name]}",
+        settings,
+        f"{first}about {random_trials} of {num_samples} trials random ({startup} {startup_means}{included}), "
+        f"then {_THEN[name]}",
     )
+
+
+def _start_points(count: int, num_samples: int) -> str:
+    """What the first trials are: the space's start points (all of them, or as many as there are trials)."""
+    if count > num_samples:
+        return f"all {num_samples} trials start points (the first {num_samples} of {count})"
+    return f"all {num_samples} trials start points" if count == num_samples else f"{count} start points"
 
 
 def _clamp(value: int, low: int, high: int) -> int:

@@ -7,7 +7,8 @@ once (``study.outcome.judge``) and tells COMPLETE, PRUNED or FAIL accordingly, w
 attribute. The Optuna study lives in a storage (an SQLite file in the study directory), so it is kept across a
 resume; ``StudySearch`` lets a resumed study ask for more samples than it started with. A resumed study's Optuna
 trials that Tune's restored state lacks (asked after Tune last saved it) are asked again if unfinished, and count as
-asked if finished, so the study ends with the trials an uninterrupted one has.
+asked if finished, so the study ends with the trials an uninterrupted one has. A space's start points
+(``study.start_points``) are enqueued into a new study only, so they are asked first, once.
 
 What the samplers learn from a stopped (PRUNED) trial, in Optuna 5.0 (read in its source, issue 12): TPE counts it
 towards ``n_startup_trials`` and, in a multi-objective study, puts it in its "above" (not good) group once
@@ -96,6 +97,10 @@ class StudySearcher(OptunaSearch):
             space=DefineByRun(space),
             metric=space.metrics,
             mode=space.modes,
+            # Enqueued (Study.enqueue_trial) by Ray each time a searcher is built: on a new study only, so a searcher
+            # built again over a resumed study's storage never enqueues them twice. (Tune's own resume unpickles the
+            # searcher, which builds nothing.)
+            points_to_evaluate=[dict(point) for point in space.start_points] if _is_new(storage, study_name) else None,
             sampler=sampler,
             study_name=study_name,
             storage=storage,
@@ -198,6 +203,15 @@ class StudySearcher(OptunaSearch):
         except UpdateFinishedTrialError:
             return
         self.study.tell(number, list(values) if values else None, state=_STATES[state], skip_if_finished=True)
+
+
+def _is_new(storage: optuna.storages.BaseStorage, study_name: str) -> bool:
+    """No study ``study_name`` in ``storage`` yet, or one without trials (none asked, none enqueued)."""
+    try:
+        study_id = storage.get_study_id_from_name(study_name)
+    except KeyError:
+        return True
+    return not storage.get_all_trials(study_id, deepcopy=False)
 
 
 def last_values(result: dict[str, Any] | None, metrics: list[str]) -> dict[str, float]:

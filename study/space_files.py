@@ -8,10 +8,11 @@ A file may build on others::
     criterion = "lrp"
 
 A base is found beside the file first, then in ``SPACES_DIR``; a name ending in ``.toml`` is a path relative to the
-file. The bases are merged in the order listed, then the file itself on top: ``description`` and ``objectives``
-are replaced whole; ``fixed`` settings, ``params`` tables and ``constraints`` are replaced key by key (a parameter
-a base already had keeps its place, so the sampling order stays that of the files); a key fixed on top stops being
-searched, and a key searched on top stops being fixed. A cycle is refused in one line naming its files.
+file. The bases are merged in the order listed, then the file itself on top: ``description``, ``objectives`` and
+``start_points`` are replaced whole; ``fixed`` settings, ``params`` tables and ``constraints`` are replaced key by
+key (a parameter a base already had keeps its place, so the sampling order stays that of the files); a key fixed on
+top stops being searched, and leaves the start points it inherits (``study.start_points``), and a key searched on
+top stops being fixed. A cycle is refused in one line naming its files.
 
 Files whose name starts with ``_`` are bases: listed nowhere and not runnable on their own, they exist to be
 extended. This module knows the file format only; ``study.spaces`` validates what the files say.
@@ -26,6 +27,9 @@ import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
+
+from study.start_points import KEY as START_POINTS
+from study.start_points import without
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -162,6 +166,8 @@ def _merge(base: Mapping[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
     params = {key: value for key, value in base.get("params", {}).items() if key not in fixed_on_top}
     fixed.update(fixed_on_top)
     params.update(params_on_top)
+    if START_POINTS not in top and START_POINTS in base:
+        merged[START_POINTS] = list(without(base[START_POINTS], fixed_on_top))
     if fixed:
         merged["fixed"] = fixed
     if params:
@@ -173,8 +179,8 @@ def _merge(base: Mapping[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def toml_text(data: Mapping[str, Any], *, header: str = "") -> str:
-    """A space's data (``description``, ``fixed``, ``params``, ``objectives``, ``constraints``) as a TOML file ``read``
-    gives back."""
+    """A space's data (``description``, ``fixed``, ``params``, ``objectives``, ``constraints``, ``start_points``) as
+    a TOML file ``read`` gives back."""
     lines = [f"# {line}" for line in header.splitlines()]
     if "description" in data:
         lines.append(f"description = {_value(data['description'])}")
@@ -186,6 +192,8 @@ def toml_text(data: Mapping[str, Any], *, header: str = "") -> str:
         lines += ["", "[[objectives]]", *(f"{key} = {_value(value)}" for key, value in objective.items())]
     if data.get("constraints"):
         lines += ["", "[constraints]", *(f"{key} = {_value(value)}" for key, value in data["constraints"].items())]
+    for point in data.get(START_POINTS, ()):
+        lines += ["", f"[[{START_POINTS}]]", *(f"{key} = {_value(value)}" for key, value in point.items())]
     return "\n".join(lines) + "\n"
 
 

@@ -26,9 +26,12 @@ A file is data, nothing else::
     [constraints]              # optional: what a trial must reach to count (study.constraints)
     min_val_accuracy = 0.6
 
+    [[start_points]]           # optional: trials evaluated first (study.start_points)
+    rank = 1
+
 Loading rejects, with one line naming the file, the key and what is allowed, everything a trial would otherwise
 trip over hours later: unknown keys, bad types and bounds, and values ``ExperimentConfig`` refuses (every fixed
-setting, every parameter at its low and high end, every categorical choice).
+setting, every parameter at its low and high end, every categorical choice, every start point).
 """
 
 from __future__ import annotations
@@ -36,12 +39,12 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from spa.config import ConfigError, ExperimentConfig
 from spa.schedules import density_schedule
-from spa.validation import is_finite_number, is_int
 from study.constraints import Constraints, parse_constraints
 from study.names import DEFAULT_OBJECTIVES, MODES, OBJECTIVE_METRICS, Objective
 from study.space_files import (
@@ -54,6 +57,9 @@ from study.space_files import (
     toml_text,
 )
 from study.space_files import file_error as _error
+from study.space_params import Param, parse_param
+from study.start_points import KEY as START_POINTS
+from study.start_points import check_structure, parse_start_points, without
 
 if TYPE_CHECKING:
     import optuna
@@ -72,9 +78,7 @@ __all__ = [
     "suggest",
 ]
 
-PARAM_KINDS = ("int", "float", "categorical")
-_TOP_KEYS = ("description", "fixed", "params", "objectives", "constraints", "extends")
-_PARAM_KEYS = ("type", "low", "high", "log", "step", "choices")
+_TOP_KEYS = ("description", "fixed", "params", "objectives", "constraints", START_POINTS, "extends")
 _OBJECTIVE_KEYS = ("metric", "mode")
 
 
@@ -98,48 +102,9 @@ class _ReadOnlyDict(Mapping[str, Any]):
 
 
 @dataclass(frozen=True)
-class Param:
-    """One searched setting: ``kind`` "int" or "float" with ``low``/``high`` (``log``, ``step``), or
-    "categorical" with ``choices``."""
-
-    name: str
-    kind: str
-    low: float | int | None = None
-    high: float | int | None = None
-    log: bool = False
-    step: float | int | None = None
-    choices: tuple[Any, ...] | None = None
-
-    def extremes(self) -> list[tuple[str, Any]]:
-        """The values that must all make a valid experiment: (label, value) for low and high, or each choice."""
-        if self.kind == "categorical":
-            return [(f"choices[{i}]", choice) for i, choice in enumerate(self.choices or ())]
-        return [("low", self.low), ("high", self.high)]
-
-    def distribution(self) -> optuna.distributions.BaseDistribution:
-        from optuna import distributions  # local: loading a space needs no optuna
-
-        if self.kind == "int":
-            return distributions.IntDistribution(self.low, self.high, log=self.log, step=self.step or 1)
-        if self.kind == "float":
-            return distributions.FloatDistribution(self.low, self.high, log=self.log, step=self.step)
-        return distributions.CategoricalDistribution(self.choices)
-
-    def spec(self) -> dict[str, Any]:
-        """The parameter's table in a space file."""
-        if self.kind == "categorical":
-            return {"type": self.kind, "choices": list(self.choices or ())}
-        spec = {"type": self.kind, "low": self.low, "high": self.high}
-        if self.log:
-            spec["log"] = True
-        if self.step is not None:
-            spec["step"] = self.step
-        return spec
-
-
-@dataclass(frozen=True)
 class SearchSpace:
-    """A validated search space: ``fixed`` settings plus searched ``params``, and the ``objectives`` to trade off."""
+    """A validated search space: ``fixed`` settings plus searched ``params``, the ``objectives`` to trade off, and
+    the ``start_points`` to evaluate first (each a dict of searched parameters' values)."""
 
     name: str
     path: Path
@@ -148,6 +113,7 @@ class SearchSpace:
     params: tuple[Param, ...]
     objectives: tuple[Objective, ...] = DEFAULT_OBJECTIVES
     constraints: Constraints = Constraints()
+    start_points: tuple[Mapping[str, Any], ...] = ()
 
     @property
     def metrics(self) -> list[str]:
@@ -164,7 +130,8 @@ class SearchSpace:
     def with_overrides(self, fixed: Mapping[str, Any]) -> SearchSpace:
         """A copy in which ``fixed`` values win; a key that was searched is pinned (removed from ``params``).
 
-        The driver pins, say, the dataset, the architecture or a smoke-test budget this way. Validated as on load.
+        The driver pins, say, the dataset, the architecture or a smoke-test budget this way; a pinned key leaves the
+        start points. Validated as on load.
         """
         settings = ExperimentConfig.field_names()
         unknown = sorted(set(fixed) - set(settings))
@@ -174,6 +141,7 @@ class SearchSpace:
             self,
             fixed=_ReadOnlyDict({**self.fixed, **fixed}),
             params=tuple(param for param in self.params if param.name not in fixed),
+            start_points=tuple(map(_ReadOnlyDict, without(self.start_points, fixed))),
         )
         _check_values(space, overridden=frozenset(fixed))
         return space
@@ -186,6 +154,7 @@ class SearchSpace:
             "params": {param.name: param.spec() for param in self.params},
             "objectives": [{"metric": objective.metric, "mode": objective.mode} for objective in self.objectives],
             "constraints": self.constraints.spec(),
+            START_POINTS: [dict(point) for point in self.start_points],
         }
         return toml_text(data, header=header)
 
@@ -230,6 +199,9 @@ def _parse(data: Mapping[str, Any], path: Path) -> SearchSpace:
         params=params,
         objectives=objectives,
         constraints=parse_constraints(data.get("constraints"), lambda message: _error(path, message)),
+        start_points=tuple(
+            map(_ReadOnlyDict, parse_start_points(data.get(START_POINTS), params, fixed, partial(_error, path)))
+        ),
     )
     _check_values(space)
     return space
@@ -264,68 +236,10 @@ def _structure(
             raise _error(path, f"params.{name} is not a setting; allowed: {allowed_settings}")
         if name in fixed:
             raise _error(path, f"params.{name} is both fixed and searched; allowed: one of fixed.{name}, params.{name}")
-        params.append(_parse_param(path, name, spec))
+        params.append(parse_param(name, spec, partial(_error, path)))
     parse_constraints(data.get("constraints"), lambda message: _error(path, message))  # each file, before merging
+    check_structure(data.get(START_POINTS), lambda message: _error(path, message))
     return description, dict(fixed), tuple(params), _parse_objectives(path, data.get("objectives"))
-
-
-def _parse_param(path: Path, name: str, spec: Any) -> Param:
-    key = f"params.{name}"
-    if not isinstance(spec, dict):
-        raise _error(path, f"{key}={spec!r} is not allowed; allowed: a table with type = int, float or categorical")
-    for field in spec:
-        if field not in _PARAM_KEYS:
-            raise _error(path, f"{key}.{field} is not a parameter key; allowed: {', '.join(_PARAM_KEYS)}")
-    kind = spec.get("type")
-    if kind not in PARAM_KINDS:
-        raise _error(path, f"{key}.type={kind!r} is not allowed; allowed: {', '.join(PARAM_KINDS)}")
-
-    if kind == "categorical":
-        for field in ("low", "high", "log", "step"):
-            if field in spec:
-                raise _error(path, f"{key}.{field} is not allowed with type = 'categorical'; allowed: type, choices")
-        choices = spec.get("choices")
-        if not isinstance(choices, list) or not choices:
-            raise _error(path, f"{key}.choices={choices!r} is not allowed; allowed: a non-empty list")
-        for choice in choices:
-            if not isinstance(choice, (str, bool, int, float)):
-                raise _error(path, f"{key}.choices holds {choice!r}; allowed: strings, numbers, booleans")
-        if len(set(map(repr, choices))) != len(choices):
-            raise _error(path, f"{key}.choices={choices!r} repeats a choice; allowed: distinct choices")
-        return Param(name=name, kind=kind, choices=tuple(choices))
-
-    if "choices" in spec:
-        raise _error(path, f"{key}.choices is not allowed with type = {kind!r}; allowed: low, high, log, step")
-    is_bound = is_int if kind == "int" else is_finite_number
-    what = "an integer" if kind == "int" else "a finite number"
-    bounds = {}
-    for field in ("low", "high"):
-        if field not in spec:
-            raise _error(path, f"{key}.{field} is missing; allowed: {what}")
-        if not is_bound(spec[field]):
-            raise _error(path, f"{key}.{field}={spec[field]!r} is not allowed with type = {kind!r}; allowed: {what}")
-        bounds[field] = spec[field] if kind == "int" else float(spec[field])
-    low, high = bounds["low"], bounds["high"]
-    if low >= high:
-        raise _error(path, f"{key}.low={low!r} >= {key}.high={high!r}; allowed: low < high")
-    log = spec.get("log", False)
-    if not isinstance(log, bool):
-        raise _error(path, f"{key}.log={log!r} is not allowed; allowed: true, false")
-    if log and low <= 0:
-        raise _error(path, f"{key}.low={low!r} is not allowed with log = true; allowed: a number > 0")
-    step = spec.get("step")
-    if step is not None:
-        if log:
-            raise _error(path, f"{key}.step is not allowed with log = true; allowed: step or log, not both")
-        if kind == "int" and not (is_int(step) and step >= 1):
-            raise _error(path, f"{key}.step={step!r} is not allowed with type = 'int'; allowed: an integer >= 1")
-        if kind == "float" and not (is_finite_number(step) and step > 0):
-            raise _error(path, f"{key}.step={step!r} is not allowed; allowed: a finite number > 0")
-        count = (high - low) / step
-        if abs(count - round(count)) > 1e-9 * max(1.0, abs(count)):
-            raise _error(path, f"{key}.high={high!r} is not low + a whole number of steps of {step!r}; allowed: such")
-        step = step if kind == "int" else float(step)
-    return Param(name=name, kind=kind, low=low, high=high, log=log, step=step)
 
 
 def _parse_objectives(path: Path, raw: Any) -> tuple[Objective, ...]:
@@ -369,6 +283,10 @@ def _check_values(space: SearchSpace, *, overridden: frozenset[str] = frozenset(
             if refusal is not None:
                 key = f"params.{param.name}.{which}"
                 raise _error(space.path, f"{key}={value!r} is not allowed; allowed: {_allowed(refusal)}")
+    for index, point in enumerate(space.start_points):
+        refusal = _refusal({**fixed, **point})
+        if refusal is not None:
+            raise _error(space.path, f"{START_POINTS}[{index}] is not allowed: {refusal}")
 
 
 def _refusal(flat: dict[str, Any], *, schedule: bool = True) -> ValueError | TypeError | None:

@@ -449,6 +449,21 @@ def test_search_quality_helpers() -> None:
     assert quality.ratios_line({"moasha_over_fifo": 0.9}) == "moasha_over_fifo=0.900"  # --moasha-only
 
 
+def test_search_quality_medium_space_keeps_the_start_points_it_does_not_fix(tmp_path: Path) -> None:
+    """Start points are part of the space, so every arm runs them first; --medium fixes recovery epochs, which leave
+    them, and its 2-4 steps still hold theirs."""
+    from study.spaces import load_space
+
+    quality = load("search_quality")
+    medium = load_space(quality.medium_space("splora_lrp", tmp_path))
+    expected = [
+        {key: value for key, value in point.items() if key not in quality.MEDIUM_FIXED}
+        for point in load_space("splora_lrp").start_points
+    ]
+    assert [dict(point) for point in medium.start_points] == expected and len(expected) == 2
+    assert all("recovery_epochs" not in point for point in expected)
+
+
 def _curve(accuracy: float, params: float, *, steps: int = 2, feasible: bool = True) -> list[dict]:
     """A trial's results by step: one epoch per step (step 0 at epoch 1), accuracy and parameters as given."""
     return [

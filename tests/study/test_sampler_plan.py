@@ -79,11 +79,38 @@ def test_random_has_no_settings_and_params_are_flat() -> None:
 
 
 @pytest.mark.parametrize(
+    ("name", "num_samples", "start_points", "settings", "reason"),
+    [
+        # the default study: 2 startup trials are the 2 start points; 1 more is asked before the first 2 finish
+        (
+            "tpe",
+            8,
+            2,
+            {"n_startup_trials": 2},
+            "2 start points, then about 1 of 8 trials random (2 finished before TPE",
+        ),
+        ("tpe", 20, 2, {"n_startup_trials": 6}, "2 start points, then about 5 of 20 trials random"),  # ceil(20/3) - 1
+        ("tpe", 8, 4, {"n_startup_trials": 2}, "4 start points, then about 0 of 8 trials random"),
+        ("gp", 8, 2, {"n_startup_trials": 2}, "2 start points, then about 1 of 8 trials random (2 completed before"),
+        ("tpe", 2, 2, {"n_startup_trials": 2}, "all 2 trials start points"),  # --smoke
+        ("tpe", 1, 2, {"n_startup_trials": 2}, "all 1 trials start points (the first 1 of 2)"),
+        ("nsga2", 8, 2, {"population_size": 4}, "2.0 generations of 4 trials, the first holding 2 start points"),
+        ("random", 8, 2, {}, "2 start points, then 6 trials at random"),
+    ],
+)
+def test_start_points_count_towards_the_startup(name, num_samples, start_points, settings, reason) -> None:
+    plan = plan_sampler(name, num_samples=num_samples, num_params=6, max_concurrent=2, start_points=start_points)
+    assert plan.settings == settings  # sized to the budget as without them
+    assert reason in plan.reason, plan.reason
+
+
+@pytest.mark.parametrize(
     ("kwargs", "message"),
     [
         ({"name": "cmaes", "num_samples": 8}, "allowed: tpe, nsga2, gp, random"),
         ({"name": "tpe", "num_samples": 0}, "num_samples=0"),
         ({"name": "tpe", "num_samples": 8, "max_concurrent": 0}, "max_concurrent=0"),
+        ({"name": "tpe", "num_samples": 8, "start_points": -1}, "start_points=-1"),
         ({"name": "tpe", "num_samples": 8, "reduction_factor": 1}, "reduction_factor=1: allowed: None or a number > 1"),
     ],
 )

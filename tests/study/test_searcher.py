@@ -140,6 +140,58 @@ def test_trials_tune_lost_are_asked_again_or_counted_so_the_study_keeps_its_size
     assert later.lost_finished == 0 and later._lost_unfinished == []
 
 
+def test_a_new_study_asks_its_start_points_first_and_a_searcher_built_again_does_not_enqueue_them(tmp_path) -> None:
+    storage_url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    points = [dict(point) for point in load_space("splora_lrp").with_overrides(SMOKE_BUDGET).start_points]
+    assert [point["rank"] for point in points] == [1, 64]  # the smoke budget leaves rank, lr and init_range
+    searcher = make_searcher(optuna.storages.RDBStorage(storage_url))
+    configs = [searcher.suggest(trial_id) for trial_id in "abc"]
+    trials = optuna.load_study(study_name="unit", storage=storage_url).trials
+    assert [trial.params for trial in trials[:2]] == points
+    assert [{key: config[key] for key in points[0]} for config in configs[:2]] == points
+    assert "fixed_params" not in trials[2].system_attrs and set(trials[2].params) == set(points[0])  # sampled
+
+    # Built again over the study's storage (Ray's OptunaSearch enqueues on every construction), nothing is enqueued.
+    again = make_searcher(optuna.storages.RDBStorage(storage_url))
+    assert [trial.state for trial in again.study.trials] == [TrialState.RUNNING] * 3
+    again.suggest("d")
+    assert "fixed_params" not in again.study.trials[3].system_attrs
+
+
+def test_ray_optuna_search_alone_enqueues_its_points_each_time_it_is_built(tmp_path) -> None:
+    """Why StudySearcher passes the points only to a new study."""
+    from ray.tune.search.optuna import OptunaSearch
+
+    storage_url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    for _ in range(2):
+        OptunaSearch(
+            space={"x": optuna.distributions.FloatDistribution(0, 1)},
+            metric=OBJECTIVES,
+            mode=["max", "min"],
+            points_to_evaluate=[{"x": 0.5}],
+            storage=optuna.storages.RDBStorage(storage_url),
+            study_name="plain",
+        )
+    waiting = optuna.load_study(study_name="plain", storage=storage_url).get_trials(states=(TrialState.WAITING,))
+    assert [trial.system_attrs["fixed_params"] for trial in waiting] == [{"x": 0.5}] * 2
+
+
+def test_a_partial_start_point_leaves_the_rest_to_the_sampler() -> None:
+    space = load_space("splora_lrp").with_overrides(SMOKE_BUDGET)
+    space = dataclasses.replace(space, start_points=({"rank": 3},))
+    searcher = StudySearcher(
+        space, sampler=make_sampler("random", 0), storage=optuna.storages.InMemoryStorage(), study_name="unit"
+    )
+    config = searcher.suggest("a")
+    lr = next(param for param in space.params if param.name == "lr")
+    assert config["rank"] == 3 and lr.low <= config["lr"] <= lr.high
+    assert searcher.study.trials[0].params["rank"] == 3 and set(searcher.study.trials[0].params) == {
+        "rank",
+        "lr",
+        "init_range",
+    }
+
+
 def test_a_resumed_search_may_grow_but_never_shrink() -> None:
     search = StudySearch(make_searcher(), max_concurrent=2, num_samples=5)
     search.set_state({"counter": 3, "total_samples": 3, "finished": False, "experiment": None})

@@ -22,7 +22,8 @@ from mlflow.tracking import MlflowClient
 
 from study.run import check_resources as _check_resources
 from study.run import trial_trainable as _trial_trainable
-from study.settings import StudySettings, UsageError
+from study.settings import SMOKE_BUDGET, StudySettings, UsageError
+from study.spaces import load_space
 from study.tune import build_parser, main
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -166,6 +167,11 @@ def test_smoke_study_is_recorded_in_mlflow_and_optuna(tmp_path, backbone_cache, 
     trials = optuna_trials(tmp_path, "splora_lrp-smoke")
     assert [trial.state for trial in trials] == [optuna.trial.TrialState.COMPLETE] * 3
     assert_optuna_matches_mlflow(trials, children)
+    # The space's start points first, less what the smoke budget pins; shown in the header and on the parent run.
+    points = [dict(point) for point in load_space("splora_lrp").with_overrides(SMOKE_BUDGET).start_points]
+    assert [trial.params for trial in trials[:2]] == points and "fixed_params" not in trials[2].system_attrs
+    assert [json.loads(parent.data.params[f"start_point_{i}"]) for i in range(2)] == points
+    assert "start point 1: rank=64, lr=0.016, init_range=0.0001" in out
     front = pd.read_csv(study_dir / "pareto_front.csv")
     assert set(front["run_name"]) == {r.info.run_name for r in children if r.data.tags["pareto"] == "true"}
     steps_front = pd.read_csv(study_dir / "pareto_front_steps.csv")
@@ -238,6 +244,10 @@ batch_size = 64
 type = "int"
 low = 2
 high = 8
+[[start_points]]
+rank = 2
+[[start_points]]
+rank = 8
 """
 
 
@@ -304,7 +314,8 @@ def test_ctrl_c_then_resume_continues_without_duplicates(tmp_path, backbone_cach
     assert restored and restored[0] >= 1, steps  # the resumed session began after a saved step
 
     trials = optuna_trials(tmp_path, "resumable")
-    assert [t.state.name for t in trials] == ["COMPLETE"] * 3
+    assert [t.state.name for t in trials] == ["COMPLETE"] * 3  # no start point enqueued again by the resume
+    assert [t.params["rank"] for t in trials[:2]] == [2, 8] and "fixed_params" not in trials[2].system_attrs
     assert_optuna_matches_mlflow(trials, children)
 
 
@@ -315,6 +326,10 @@ BROKEN_SPACE = "[params.rank]\ntype = 'int'\nlow = 8\nhigh = 2\n"
 BAD_INPUTS = {
     "unknown space": lambda tmp: ["--space", "no_such_space"],
     "malformed space file": lambda tmp: ["--space", str(write_space(tmp, "broken", BROKEN_SPACE))],
+    "start point outside its range": lambda tmp: [
+        "--space",
+        str(write_space(tmp, "far", 'extends = "splora_lrp"\n[[start_points]]\nrank = 100\n')),
+    ],
     "gpu on a GPU-less cluster": lambda tmp: ["--space", "splora_lrp", "--smoke", "--gpus-per-trial", "1"],
     "half a gpu on a GPU-less cluster": lambda tmp: ["--space", "splora_lrp", "--smoke", "--gpus-per-trial", "0.5"],
     "a gpu share leaving a slice idle": lambda tmp: ["--space", "splora_lrp", "--smoke", "--gpus-per-trial", "0.3"],
