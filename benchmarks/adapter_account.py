@@ -8,13 +8,13 @@
 - ``no_kernel_rewrite``: the kept kernel's centre tap is written once and never again (no ``B @ A`` per call);
 - ``neither``: both off: what is left is the autograd Function's Python, the optimizer over 40 more tensors, and
   whatever the kept kernel costs the convs themselves;
-- ``whole_batch``: the factor gradients as before issue 14's sixth pass: whole-batch products on the torch threads
-  instead of the batch split over one-thread workers (``spa.fused._split_batch``); the same as ``splora`` on one
-  thread.
+- ``split_workers``: the factor gradients with the batch split into one part per torch thread, each part on its own
+  one-thread worker (samples one at a time from cache), instead of whole-batch products on the torch threads. Tried in
+  issue 14; it only differs from ``splora`` with more than one thread.
 
 The switched-off variants compute wrong gradients: timing only. Each part's cost is the per-round median of
 (splora - variant) / floor; ``rest`` is neither / floor - 1. Last line:
-``splora_vs_floor=.. factor_gradients=.. kernel_rewrite=.. rest=.. whole_batch_vs_floor=..``.
+``splora_vs_floor=.. factor_gradients=.. kernel_rewrite=.. rest=.. split_workers_vs_floor=..``.
 """
 
 from __future__ import annotations
@@ -23,8 +23,10 @@ import argparse
 import os
 import statistics
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -39,7 +41,6 @@ from _timing import add_timing_flags, last_line, round_robin  # noqa: E402
 from adapter_step import floor, make_step  # noqa: E402
 
 _write_centre, _low_rank_gradients = fused._Kept.write_centre, fused.low_rank_gradients
-_split_batch = fused._split_batch
 
 
 def _write_once(kept: fused._Kept, lora_a: torch.Tensor, lora_b: torch.Tensor, writer: object) -> torch.Tensor:
@@ -53,24 +54,43 @@ def _zero_factor_gradients(grad_output, x, lora_a, lora_b, stride):  # type: ign
     return torch.zeros_like(lora_a), torch.zeros_like(lora_b)
 
 
-def _whole_batch(grads, inputs, a, b_t, parts):  # type: ignore[no-untyped-def]
-    return fused._products(grads, inputs, a, b_t)
+def _one_thread(ready: threading.Barrier) -> None:
+    torch.get_num_threads()  # a thread takes the default on its first call: first that, then one thread for good
+    torch.set_num_threads(1)
+    ready.wait()
+
+
+class SplitWorkers:
+    """``low_rank_gradients`` with the batch in one contiguous part per torch thread, each part on a worker thread
+    with one torch thread (so a part's samples run one at a time, each read once into cache); parts summed in order."""
+
+    def __init__(self, workers: int) -> None:
+        threads, ready = torch.get_num_threads(), threading.Barrier(workers)
+        self.pool = ThreadPoolExecutor(workers)
+        for future in [self.pool.submit(_one_thread, ready) for _ in range(workers)]:  # one task per thread
+            future.result()
+        torch.set_num_threads(threads)  # set_num_threads also set the default later threads start with
+
+    def __call__(self, grad_output, x, lora_a, lora_b, stride):  # type: ignore[no-untyped-def]
+        parts = min(self.pool._max_workers, x.shape[0])
+        if parts == 1 or torch.is_grad_enabled():
+            return _low_rank_gradients(grad_output, x, lora_a, lora_b, stride)
+        futures = [
+            self.pool.submit(_low_rank_gradients, g, part, lora_a, lora_b, stride)
+            for g, part in zip(grad_output.tensor_split(parts), x.tensor_split(parts), strict=True)
+        ]
+        results = [future.result() for future in futures]
+        return sum(r[0] for r in results), sum(r[1] for r in results)
 
 
 @contextmanager
-def patched(
-    write_centre: Callable | None = None,
-    low_rank_gradients: Callable | None = None,
-    split_batch: Callable | None = None,
-) -> Iterator[None]:
+def patched(write_centre: Callable | None = None, low_rank_gradients: Callable | None = None) -> Iterator[None]:
     fused._Kept.write_centre = write_centre or _write_centre  # type: ignore[method-assign]
     fused.low_rank_gradients = low_rank_gradients or _low_rank_gradients
-    fused._split_batch = split_batch or _split_batch
     try:
         yield
     finally:
-        fused._Kept.write_centre = _write_centre  # type: ignore[method-assign]
-        fused.low_rank_gradients, fused._split_batch = _low_rank_gradients, _split_batch
+        fused._Kept.write_centre, fused.low_rank_gradients = _write_centre, _low_rank_gradients  # type: ignore[method-assign]
 
 
 def under(step: Callable[[], None], **patches: Callable) -> Callable[[], None]:
@@ -113,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
         "no_factor_gradients": under(splora(), low_rank_gradients=_zero_factor_gradients),
         "no_kernel_rewrite": under(splora(), write_centre=_write_once),
         "neither": under(splora(), write_centre=_write_once, low_rank_gradients=_zero_factor_gradients),
-        "whole_batch": under(splora(), split_batch=_whole_batch),
+        "split_workers": under(splora(), low_rank_gradients=SplitWorkers(args.threads)),
     }
     clock = time.process_time if args.clock == "cpu" else time.perf_counter
     print(f"load average before: {os.getloadavg()[0]:.1f}", flush=True)
@@ -130,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
         "factor_gradients": per_round(times, "splora", "no_factor_gradients"),
         "kernel_rewrite": per_round(times, "splora", "no_kernel_rewrite"),
         "rest": per_round(times, "neither") - 1.0,
-        "whole_batch_vs_floor": per_round(times, "whole_batch"),
+        "split_workers_vs_floor": per_round(times, "split_workers"),
     }
     print(last_line(values, digits=3))
     return 0

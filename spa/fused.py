@@ -13,11 +13,8 @@ On the CPU the factors' gradients skip ``dW_c`` altogether (``low_rank_gradients
 batch 32: +107 ms on a 298 ms floor step, against about 23 ms alone); side by side, the step with it measured 1.19x
 the floor against 1.12x with the batched products (CPU seconds, 1 thread; benchmarks/README.md, issue 14). Each
 product reads x or g whole, so the four read each twice from memory; at 128 pixels per sample and more they run a
-sample at a time on one thread, and the second read of a sample comes from cache (``_per_sample``). With several
-torch threads the batch is split into one part per thread, each on a worker thread of its own with one torch thread
-(``_split_batch``): a hand-off per part rather than parallel regions inside each of the four products, which on a
-shared machine wait for a descheduled thread (issue 14, sixth pass). On CUDA the 1x1 weight gradient stays with cuDNN
-until a GPU measures the other.
+sample at a time on one thread, and the second read of a sample comes from cache (``_per_sample``). On CUDA the 1x1
+weight gradient stays with cuDNN until a GPU measures the other.
 
 Why the centre tap is a 1x1 conv: with padding k // 2 and stride s, output pixel (h, w) sees input pixel
 (h*s, w*s) through the centre tap, which is exactly a 1x1 conv of stride s and no padding.
@@ -38,10 +35,7 @@ Used by ``SPLoRAConv2d.forward`` while training with a frozen base (``applies``)
 
 from __future__ import annotations
 
-import os
-import threading
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 
 import torch
@@ -256,9 +250,7 @@ def low_rank_gradients(
     """``dA = sum_n (B^T g_n) x_n^T`` (r, in) and ``dB = sum_n g_n (A x_n)^T`` (out, r), never forming ``dW_c``.
 
     ``x_n`` is sample n's input at the pixels the centre tap reads, ``x[n, :, ::s, ::s]`` flattened to (in, P),
-    and ``g_n`` its output gradient (out, P). On a CPU with several torch threads (and no graph being built), the
-    batch is split into one contiguous part per thread, each part summed on its own one-thread worker
-    (``_split_batch``), and the parts added in order: the result does not depend on timing.
+    and ``g_n`` its output gradient (out, P).
     """
     batch, rank = x.shape[0], lora_a.shape[0]
     if stride != (1, 1):
@@ -268,93 +260,33 @@ def low_rank_gradients(
     a, b_t = lora_a.view(rank, -1), lora_b.view(-1, rank).t()  # (r, in), (r, out)
     if a.dtype != x.dtype:
         a, b_t = a.to(x.dtype), b_t.to(x.dtype)
-    parts = min(torch.get_num_threads(), batch) if x.device.type == "cpu" else 1
-    if parts > 1 and not torch.is_grad_enabled():
-        grad_a, grad_b_t = _split_batch(grads, inputs, a, b_t, parts)
+    if x.device.type == "cpu" and inputs.shape[2] >= CHUNK_PIXELS and torch.get_num_threads() == 1:
+        grad_a, grad_b_t = _per_sample(grads, inputs, a, b_t)
     else:
-        grad_a, grad_b_t = _products(grads, inputs, a, b_t)
+        # bmm over the factor expanded (no copy): matmul would fold (N, out, P) into (N * P, out), a transposed copy.
+        projected_grads = torch.bmm(b_t.expand(batch, -1, -1), grads)  # (N, r, P): B^T g
+        projected_inputs = torch.bmm(a.expand(batch, -1, -1), inputs)  # (N, r, P): A x, the lora_a conv's output
+        grad_a = torch.bmm(projected_grads, inputs.transpose(1, 2)).sum(0)  # (r, in)
+        # dB^T = (A x) g^T, (r, out): the long operand on the right reads faster than g (A x)^T (1.6x here).
+        grad_b_t = torch.bmm(projected_inputs, grads.transpose(1, 2)).sum(0)
     if grad_a.dtype != lora_a.dtype:
         grad_a, grad_b_t = grad_a.to(lora_a.dtype), grad_b_t.to(lora_b.dtype)
     return grad_a.view(lora_a.shape), grad_b_t.t().reshape(lora_b.shape)
 
 
-def _products(
-    grads: torch.Tensor, inputs: torch.Tensor, a: torch.Tensor, b_t: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """``dA`` (r, in) and ``dB^T`` (r, out) over these samples, on the calling thread's torch threads."""
-    if inputs.device.type == "cpu" and inputs.shape[2] >= CHUNK_PIXELS and torch.get_num_threads() == 1:
-        return _per_sample(grads, inputs, a, b_t)
-    batch = inputs.shape[0]
-    # bmm over the factor expanded (no copy): matmul would fold (N, out, P) into (N * P, out), a transposed copy.
-    projected_grads = torch.bmm(b_t.expand(batch, -1, -1), grads)  # (N, r, P): B^T g
-    projected_inputs = torch.bmm(a.expand(batch, -1, -1), inputs)  # (N, r, P): A x, the lora_a conv's output
-    grad_a = torch.bmm(projected_grads, inputs.transpose(1, 2)).sum(0)  # (r, in)
-    # dB^T = (A x) g^T, (r, out): the long operand on the right reads faster than g (A x)^T (1.6x here).
-    return grad_a, torch.bmm(projected_inputs, grads.transpose(1, 2)).sum(0)
-
-
 def _per_sample(
     grads: torch.Tensor, inputs: torch.Tensor, a: torch.Tensor, b_t: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``_products`` one sample at a time, so each sample's ``x_n`` and ``g_n`` are read from memory once and reused
-    from cache by the second product that needs them (the whole-batch products read x and g twice each).
+    """``low_rank_gradients``' four products one sample at a time, so each sample's ``x_n`` and ``g_n`` are read from
+    memory once and reused from cache by the second product that needs them (the whole-batch products read x and g
+    twice each). Returns ``dA`` (r, in) and ``dB^T`` (r, out).
 
-    On one torch thread only: run on two, one sample per parallel region made each conv's backward 64 small
-    regions instead of 4, and the step measured 1.72x the floor against 1.20x whole-batch (wall clock, load 6-16: a
-    region waits for whichever thread the machine has descheduled). Several threads split the batch instead."""
+    Used with one thread only: with two, chunks of one sample per thread made each conv's backward 64 small
+    parallel regions instead of 4, and the step measured 1.72x the floor against 1.20x whole-batch (wall clock,
+    load 6-16: a region waits for whichever thread the machine has descheduled)."""
     sum_a, sum_b_t = a.new_zeros(1, *a.shape), b_t.new_zeros(1, *b_t.shape)  # (1, r, in), (1, r, out)
     a_1, b_t_1 = a.unsqueeze(0), b_t.unsqueeze(0)
     for g_n, x_n in zip(grads.split(1), inputs.split(1), strict=True):  # (1, out, P), (1, in, P)
         sum_a.baddbmm_(torch.bmm(b_t_1, g_n), x_n.transpose(1, 2))  # += (B^T g) x^T
         sum_b_t.baddbmm_(torch.bmm(a_1, x_n), g_n.transpose(1, 2))  # += (A x) g^T
     return sum_a[0], sum_b_t[0]
-
-
-def _split_batch(
-    grads: torch.Tensor, inputs: torch.Tensor, a: torch.Tensor, b_t: torch.Tensor, parts: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """``_products`` over ``parts`` contiguous parts of the batch at once, each on a worker with one torch thread:
-    one hand-off per part instead of parallel regions inside every product (each region waits for the slower thread,
-    under load for a descheduled one), and each worker runs its samples one at a time from cache (``_per_sample``).
-    Alone, 2 threads, ResNet-18's 20 convs at load 17-19: 223 ms per step (medians) against 1,804 ms whole-batch."""
-    pool = _workers(parts)
-    futures = [
-        pool.submit(_products, g, x, a, b_t)
-        for g, x in zip(grads.tensor_split(parts), inputs.tensor_split(parts), strict=True)
-    ]
-    grad_a, grad_b_t = futures[0].result()
-    for future in futures[1:]:  # in part order, whichever finished first
-        part_a, part_b_t = future.result()
-        grad_a, grad_b_t = grad_a + part_a, grad_b_t + part_b_t
-    return grad_a, grad_b_t
-
-
-_pool: ThreadPoolExecutor | None = None
-
-
-def _workers(count: int) -> ThreadPoolExecutor:
-    """``count`` worker threads with one torch thread each, started once (again if the count changes)."""
-    global _pool
-    if _pool is None or _pool._max_workers != count:
-        if _pool is not None:
-            _pool.shutdown(wait=False)
-        threads, ready = torch.get_num_threads(), threading.Barrier(count)
-        _pool = ThreadPoolExecutor(count, thread_name_prefix="spa-factor-gradients")
-        for future in [_pool.submit(_one_thread, ready) for _ in range(count)]:  # all wait: one task per thread
-            future.result()
-        torch.set_num_threads(threads)  # set_num_threads also sets the default that threads started later take
-    return _pool
-
-
-def _one_thread(ready: threading.Barrier) -> None:
-    torch.get_num_threads()  # a thread takes the default on its first call: take it, then set one thread for good
-    torch.set_num_threads(1)
-    ready.wait()
-
-
-def _forget_workers() -> None:
-    global _pool
-    _pool = None  # a forked child has none of its parent's threads
-
-
-os.register_at_fork(after_in_child=_forget_workers)

@@ -19,8 +19,8 @@ import torch
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 SCRIPTS = (
-    "adapter_step", "adapter_account", "pruned_inference", "criteria_cost", "claim", "convergence", "gpu", "shared_gpu",
-    "harness_scale", "search_quality",
+    "adapter_step", "adapter_account", "pruned_inference", "criteria_cost", "claim", "convergence", "gpu", "shared_gpu", "harness_scale",
+    "search_quality",
 )  # fmt: skip
 
 
@@ -509,6 +509,30 @@ def test_adapter_account_subtracts_per_round() -> None:
     times = {"floor": [1.0, 2.0, 4.0], "splora": [1.1, 2.4, 4.4], "neither": [1.0, 2.1, 4.0]}
     assert account.per_round(times, "splora") == pytest.approx(1.1)  # rounds: 1.1, 1.2, 1.1
     assert account.per_round(times, "splora", "neither") == pytest.approx(0.1)  # 0.1, 0.15, 0.1
+
+
+def test_adapter_account_split_workers_sum_the_parts_exactly() -> None:
+    """The batch split over one-thread workers gives dA = B^T dW_c and dB = dW_c A^T, dW_c by einsum."""
+    account = load("adapter_account")
+    torch.manual_seed(0)
+    x = torch.randn(5, 6, 9, 9, dtype=torch.double)
+    grad_output = torch.randn(5, 7, 5, 5, dtype=torch.double)
+    lora_a = torch.randn(3, 6, 1, 1, dtype=torch.double)
+    lora_b = torch.randn(7, 3, 1, 1, dtype=torch.double)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        split = account.SplitWorkers(2)
+        assert torch.get_num_threads() == 2
+        assert split.pool.submit(torch.get_num_threads).result() == 1
+        with torch.no_grad():
+            grad_a, grad_b = split(grad_output, x, lora_a, lora_b, (2, 2))
+        split.pool.shutdown()
+    finally:
+        torch.set_num_threads(threads)
+    centre = torch.einsum("nohw,nihw->oi", grad_output, x[:, :, ::2, ::2])
+    torch.testing.assert_close(grad_a.flatten(1), lora_b.flatten(1).t() @ centre)
+    torch.testing.assert_close(grad_b.flatten(1), centre @ lora_a.flatten(1).t())
 
 
 # --- command lines ------------------------------------------------------------------------------------------------

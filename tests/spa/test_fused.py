@@ -141,49 +141,6 @@ def test_low_rank_factor_gradients_equal_those_from_the_centre_tap_gradient(
     torch.testing.assert_close(grad_b.flatten(1), by_hand @ a.t())
 
 
-@pytest.mark.parametrize(
-    ("threads", "batch", "stride", "width", "channels_last"),
-    [(2, 4, 1, 13, False), (2, 5, 2, 25, True), (3, 7, 1, 12, False), (4, 3, 2, 9, False), (2, 1, 1, 13, False)],
-)
-def test_factor_gradients_split_over_threads_equal_the_einsum_reference(
-    threads: int, batch: int, stride: int, width: int, channels_last: bool
-) -> None:
-    """With several torch threads the batch is split into one part per thread (fewer parts than threads when the
-    batch is smaller), each summed on a one-thread worker: the sum is still B^T dW_c and dW_c A^T."""
-    torch.manual_seed(3)
-    x = torch.randn(batch, 5, width, width, dtype=torch.double)
-    if channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
-    size = (width - 1) // stride + 1
-    grad_output = torch.randn(batch, 7, size, size, dtype=torch.double)
-    lora_a = torch.randn(3, 5, 1, 1, dtype=torch.double)
-    lora_b = torch.randn(7, 3, 1, 1, dtype=torch.double)
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        with torch.no_grad():
-            grad_a, grad_b = fused.low_rank_gradients(grad_output, x, lora_a, lora_b, (stride, stride))
-        assert torch.get_num_threads() == threads  # starting the workers leaves the caller's count as it was
-        if batch > 1:
-            workers = fused._workers(min(threads, batch))
-            assert [workers.submit(torch.get_num_threads).result() for _ in range(4)] == [1] * 4
-    finally:
-        torch.set_num_threads(previous)
-    by_hand = torch.einsum("nohw,nihw->oi", grad_output, x[:, :, ::stride, ::stride])
-    torch.testing.assert_close(grad_a.flatten(1), lora_b.flatten(1).t() @ by_hand)
-    torch.testing.assert_close(grad_b.flatten(1), by_hand @ lora_a.flatten(1).t())
-
-
-def test_a_resnet_step_on_two_threads_is_the_same_fused_or_not() -> None:
-    """The whole step with the factor gradients split over two workers, against the two-conv path."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
-        test_a_resnet_step_is_the_same_fused_or_not()
-    finally:
-        torch.set_num_threads(previous)
-
-
 def _two_conv_result(layer: SPLoRAConv2d, x: torch.Tensor, grad_output: torch.Tensor) -> list[torch.Tensor]:
     with fused.enabled(False):
         return _result(layer, x, grad_output)
