@@ -19,8 +19,8 @@ import torch
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 SCRIPTS = (
-    "adapter_step", "adapter_account", "pruned_inference", "criteria_cost", "claim", "convergence", "gpu", "shared_gpu", "harness_scale",
-    "search_quality",
+    "adapter_step", "adapter_account", "pruned_inference", "criteria_cost", "claim", "convergence", "gpu", "shared_gpu",
+    "harness_scale", "search_quality",
 )  # fmt: skip
 
 
