@@ -215,6 +215,8 @@ def test_the_study_schedulers_first_rungs(tmp_path: Path) -> None:
     assert make_scheduler("moasha", max_t=4, grace_period=1, **objectives).milestones == [1, 2, 4]
     moasha = make_scheduler("moasha", max_t=4, **objectives)
     assert (moasha.rule, moasha.rung_metrics) == (MOASHA_RULE, ["val_accuracy", "projected_learned_params"])
+    halving = make_scheduler("moasha-halving", max_t=4, **objectives)  # the paper's rule, by name
+    assert (halving.rule, halving.milestones, halving.rung_metrics) == ("halving", [0, 1, 2, 4], moasha.rung_metrics)
     assert make_scheduler("asha", max_t=4, **objectives)._brackets[0]._rungs[-1][0] == 1  # Ray's lowest rung
     with pytest.raises(ValueError, match="max_t=0 < 1"):
         make_scheduler("moasha", max_t=0, **objectives)
