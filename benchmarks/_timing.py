@@ -4,6 +4,7 @@ variant alike), and the ``name=value`` last line they print."""
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from collections.abc import Callable
 
@@ -20,6 +21,30 @@ def add_timing_flags(
     parser.add_argument("--threads", type=int, default=threads, help=f"torch threads (default: {threads})")
     parser.add_argument("--rounds", type=int, default=rounds, help=f"{rounds_help} (default: {rounds})")
     parser.add_argument("--warmup", type=int, default=warmup, help=f"untimed rounds first (default: {warmup})")
+
+
+# --clock's choices: wall time, or this process's CPU seconds (all its threads).
+CLOCKS: dict[str, Callable[[], float]] = {"wall": time.perf_counter, "cpu": time.process_time}
+
+
+def add_clock_flag(parser: argparse.ArgumentParser) -> None:
+    """``--clock``: what ``timed_rounds`` measures."""
+    parser.add_argument(
+        "--clock",
+        choices=tuple(CLOCKS),
+        default="wall",
+        help="wall: elapsed time; cpu: this process's CPU seconds, which a loaded machine inflates far less (with "
+        "--threads 1 it is the step's own work; with more, idle worker threads' spinning counts) (default: wall)",
+    )
+
+
+def timed_rounds(calls: dict[str, Callable[[], object]], args: argparse.Namespace) -> dict[str, list[float]]:
+    """``round_robin`` under the flags of ``add_timing_flags`` and ``add_clock_flag``, printing the load average
+    before and after: a ratio means little without the load it was measured at."""
+    print(f"load average before: {os.getloadavg()[0]:.1f}", flush=True)
+    times = round_robin(calls, args.rounds, args.warmup, clock=CLOCKS[args.clock])
+    print(f"load average after: {os.getloadavg()[0]:.1f} ({args.clock} clock, {args.threads} threads)")
+    return times
 
 
 def round_robin(

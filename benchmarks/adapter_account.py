@@ -20,11 +20,9 @@ The switched-off variants compute wrong gradients: timing only. Each part's cost
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
 import threading
-import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -37,7 +35,7 @@ from spa.adapters import add_splora
 from spa.models import build_resnet
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the helpers shared by the scripts beside this one
-from _timing import add_timing_flags, last_line, round_robin  # noqa: E402
+from _timing import add_clock_flag, add_timing_flags, last_line, timed_rounds  # noqa: E402
 from adapter_step import floor, make_step  # noqa: E402
 
 _write_centre, _low_rank_gradients = fused._Kept.write_centre, fused.low_rank_gradients
@@ -110,9 +108,7 @@ def per_round(times: dict[str, list[float]], name: str, minus: str | None = None
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument(
-        "--clock", choices=("wall", "cpu"), default="wall", help="as adapter_step.py's --clock (default: wall)"
-    )
+    add_clock_flag(parser)
     add_timing_flags(parser, threads=2, rounds=15, warmup=3)
     args = parser.parse_args(argv)
     if args.threads < 1:
@@ -135,10 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         "neither": under(splora(), write_centre=_write_once, low_rank_gradients=_zero_factor_gradients),
         "split_workers": under(splora(), low_rank_gradients=SplitWorkers(args.threads)),
     }
-    clock = time.process_time if args.clock == "cpu" else time.perf_counter
-    print(f"load average before: {os.getloadavg()[0]:.1f}", flush=True)
-    times = round_robin(steps, args.rounds, args.warmup, clock=clock)
-    print(f"load average after: {os.getloadavg()[0]:.1f} ({args.clock} clock, {args.threads} threads)")
+    times = timed_rounds(steps, args)
     floor_median = statistics.median(times["floor"])
     for name, values in times.items():
         print(

@@ -16,10 +16,8 @@ prints ``floor_vs_reference``: no adapter can go below the floor, so R2 can reac
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -31,7 +29,7 @@ from spa.adapters import SPLoRAConv2d, add_splora
 from spa.models import build_resnet
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the helpers shared by the scripts beside this one
-from _timing import add_timing_flags, round_robin  # noqa: E402
+from _timing import add_clock_flag, add_timing_flags, timed_rounds  # noqa: E402
 
 
 def reference_splora(model: nn.Module, rank: int, init_range: float) -> nn.Module:
@@ -100,13 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         help="cifar: 3x3/1 stem, no max-pool, as the paper's 32 px runs; imagenet: 7x7/2 + max-pool (default: cifar)",
     )
     parser.add_argument("--rank", type=int, default=8, help="SPLoRA rank (default: 8)")
-    parser.add_argument(
-        "--clock",
-        choices=("wall", "cpu"),
-        default="wall",
-        help="wall: elapsed time; cpu: this process's CPU seconds, which a loaded machine inflates far less (with "
-        "--threads 1 it is the step's own work; with more, idle worker threads' spinning counts) (default: wall)",
-    )
+    add_clock_flag(parser)
     add_timing_flags(parser, threads=2, rounds=15, warmup=3)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -129,10 +121,7 @@ def main(argv: list[str] | None = None) -> int:
         name: make_step(model, args.batch_size, args.size, classes, fuse=fuse)
         for name, (model, fuse) in variants.items()
     }
-    clock = time.process_time if args.clock == "cpu" else time.perf_counter
-    print(f"load average before: {os.getloadavg()[0]:.1f}", flush=True)
-    times = round_robin(steps, args.rounds, args.warmup, clock=clock)
-    print(f"load average after: {os.getloadavg()[0]:.1f} ({args.clock} clock, {args.threads} threads)")
+    times = timed_rounds(steps, args)
     medians = {name: statistics.median(values) for name, values in times.items()}
     for name, value in medians.items():
         spread = max(times[name]) / min(times[name])
