@@ -260,7 +260,12 @@ def low_rank_gradients(
     a, b_t = lora_a.view(rank, -1), lora_b.view(-1, rank).t()  # (r, in), (r, out)
     if a.dtype != x.dtype:
         a, b_t = a.to(x.dtype), b_t.to(x.dtype)
-    if x.device.type == "cpu" and inputs.shape[2] >= CHUNK_PIXELS and torch.get_num_threads() == 1:
+    if (
+        x.device.type == "cpu"
+        and inputs.shape[2] >= CHUNK_PIXELS
+        and not torch.compiler.is_compiling()  # the thread count is no tensor: asking for it would break the graph
+        and torch.get_num_threads() == 1
+    ):
         grad_a, grad_b_t = _per_sample(grads, inputs, a, b_t)
     else:
         # bmm over the factor expanded (no copy): matmul would fold (N, out, P) into (N * P, out), a transposed copy.
