@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from pathlib import Path
 
 import optuna
@@ -138,6 +139,30 @@ def test_max_failures_defaults_by_where_the_driver_runs(workdir: Path, monkeypat
 def test_every_flag_is_checked_in_one_place(workdir: Path, argv: tuple[str, ...], message: str) -> None:
     with pytest.raises(UsageError, match=message):
         check_flags(args(*argv))
+
+
+@pytest.mark.parametrize(
+    ("flag", "name"),
+    [("--experiment-name", name) for name in ("", " ", "x" * 500, "x" * 501, "a/b:c", "..x", "exp")]
+    + [("--register-model", name) for name in ("", " ", "a/b", "a:b", "a'b", ".", "..", "..x", "x..", "spa front")],
+)  # fmt: skip
+def test_mlflow_names_are_refused_as_mlflow_refuses_them(workdir: Path, flag: str, name: str) -> None:
+    """A name MLflow would refuse mid-study (the experiment at the callback's setup, a registered model on the
+    logging thread, where the error went unseen) is refused before any work, and only such a name."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.utils.validation import _validate_experiment_name, _validate_model_name
+
+    validate = _validate_experiment_name if flag == "--experiment-name" else _validate_model_name
+    try:
+        validate(name)
+        refused_by_mlflow = "'" in name  # a quote would break the registry's filter strings
+    except MlflowException:
+        refused_by_mlflow = True
+    if refused_by_mlflow:
+        with pytest.raises(UsageError, match=f"^{flag} {re.escape(repr(name))} is not allowed; allowed: "):
+            check_flags(args("--space", "s", flag, name))
+    else:
+        check_flags(args("--space", "s", flag, name))
 
 
 @pytest.mark.parametrize(
