@@ -11,8 +11,9 @@ A base is found beside the file first, then in ``SPACES_DIR``; a name ending in 
 file. The bases are merged in the order listed, then the file itself on top: ``description``, ``objectives`` and
 ``start_points`` are replaced whole; ``fixed`` settings, ``params`` tables and ``constraints`` are replaced key by
 key (a parameter a base already had keeps its place, so the sampling order stays that of the files); a key fixed on
-top stops being searched, and leaves the start points it inherits (``study.start_points``), and a key searched on
-top stops being fixed. A cycle is refused in one line naming its files.
+top stops being searched, and leaves the start points it inherits, as does a value that a parameter searched anew
+on top cannot take (``study.start_points.inherited``); a key searched on top stops being fixed. A cycle is refused
+in one line naming its files.
 
 Files whose name starts with ``_`` are bases: listed nowhere and not runnable on their own, they exist to be
 extended. This module knows the file format only; ``study.spaces`` validates what the files say.
@@ -29,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from study.start_points import KEY as START_POINTS
-from study.start_points import without
+from study.start_points import inherited
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -104,15 +105,20 @@ def resolve(name_or_path: str | os.PathLike[str]) -> Path:
     return path
 
 
-def read(path: Path, check: Callable[[Mapping[str, Any], Path], None]) -> dict[str, Any]:
+Check = Callable[[Mapping[str, Any], Path], None]
+Takes = Callable[[str, Any, Any], bool]
+
+
+def read(path: Path, check: Check, takes: Takes) -> dict[str, Any]:
     """The file's data with every base it extends merged in (``extends`` itself removed).
 
-    ``check(data, file)`` is called on each file's own data before merging, so an error names the file it is in.
+    ``check(data, file)`` is called on each file's own data before merging, so an error names the file it is in;
+    ``takes(name, spec, value)``: whether the parameter of table ``spec`` can take ``value`` (a start point's).
     """
-    return _read(path, check, chain=())
+    return _read(path, check, takes, chain=())
 
 
-def _read(path: Path, check: Callable[[Mapping[str, Any], Path], None], chain: tuple[Path, ...]) -> dict[str, Any]:
+def _read(path: Path, check: Check, takes: Takes, chain: tuple[Path, ...]) -> dict[str, Any]:
     identity = path.resolve()
     if identity in chain:
         cycle = " -> ".join(_display(p) for p in (*chain[chain.index(identity) :], identity))
@@ -122,8 +128,8 @@ def _read(path: Path, check: Callable[[Mapping[str, Any], Path], None], chain: t
     check(data, path)
     merged: dict[str, Any] = {}
     for base in bases:
-        merged = _merge(merged, _read(base, check, (*chain, identity)))
-    return _merge(merged, data)
+        merged = _merge(merged, _read(base, check, takes, (*chain, identity)), takes)
+    return _merge(merged, data, takes)
 
 
 def _load_toml(path: Path) -> dict[str, Any]:
@@ -157,7 +163,7 @@ def _bases(extends: Any, path: Path) -> list[Path]:
     return bases
 
 
-def _merge(base: Mapping[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
+def _merge(base: Mapping[str, Any], top: Mapping[str, Any], takes: Takes) -> dict[str, Any]:
     """``top`` over ``base`` (see the module docstring); neither is changed."""
     merged = {key: value for key, value in base.items() if key not in ("fixed", "params", "constraints")}
     merged.update({key: value for key, value in top.items() if key not in ("fixed", "params", "constraints")})
@@ -167,7 +173,7 @@ def _merge(base: Mapping[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
     fixed.update(fixed_on_top)
     params.update(params_on_top)
     if START_POINTS not in top and START_POINTS in base:
-        merged[START_POINTS] = list(without(base[START_POINTS], fixed_on_top))
+        merged[START_POINTS] = list(inherited(base[START_POINTS], fixed_on_top, params_on_top, takes))
     if fixed:
         merged["fixed"] = fixed
     if params:

@@ -163,7 +163,12 @@ def load_space(name_or_path: str | os.PathLike[str]) -> SearchSpace:
     """Load and validate a space: a name in ``SPACES_DIR`` (``"splora_lrp"``) or a path to a ``.toml`` file, with
     the bases it extends merged in (``study.space_files``)."""
     path = resolve(name_or_path)
-    return _parse(read(path, check=_structure), path)
+    return _parse(read(path, check=_structure, takes=_takes), path)
+
+
+def _takes(name: str, spec: Any, value: Any) -> bool:
+    """Whether the parameter of table ``spec`` (checked by ``_structure``) can take the start-point ``value``."""
+    return parse_param(name, spec, SpaceError).refusal(value) is None
 
 
 def optuna_distributions(space: SearchSpace) -> dict[str, optuna.distributions.BaseDistribution]:

@@ -16,8 +16,10 @@ sampler draws those, as Optuna does for a partially enqueued trial. Partial poin
 them through their bases: ``_splora``'s points serve ``splora_any`` too, whose criterion is then drawn. Each value
 must be one its parameter can take (its type, within low and high, on its step, or one of the choices); the point
 over the fixed settings must make a valid experiment (``study.spaces``). A key that a space (or the driver, e.g.
-``--smoke``) fixes drops out of the points it inherits, as it stops being searched; a point left empty, or equal to
-an earlier one, is dropped.
+``--smoke``) fixes drops out of the points it inherits, as it stops being searched; so does a value that a parameter
+the space searches anew (its own ``[params.NAME]``) cannot take, since the base chose it for the base's range (copy
+``splora_lrp.toml`` and narrow rank to [2, 8]: the points keep their schedules and lr, and rank is drawn); a point
+left empty, or equal to an earlier one, is dropped. A file's own points are checked, never trimmed.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from typing import Any
 
 from study.space_params import Param
 
-__all__ = ["KEY", "check_structure", "parse_start_points", "without"]
+__all__ = ["KEY", "check_structure", "parse_start_points", "without", "inherited"]
 
 KEY = "start_points"  # the space file's key
 _VALUE_TYPES = (str, bool, int, float)
@@ -84,3 +86,23 @@ def without(points: Iterable[Mapping[str, Any]], names: Iterable[str]) -> tuple[
         if trimmed and trimmed not in kept:
             kept.append(trimmed)
     return tuple(kept)
+
+
+def inherited(
+    points: Iterable[Mapping[str, Any]],
+    fixed: Iterable[str],
+    params: Mapping[str, Any],
+    takes: Callable[[str, Any, Any], bool],
+) -> tuple[dict[str, Any], ...]:
+    """The ``points`` of a base as the space extending it inherits them: without the keys it fixes, nor the values
+    that a parameter it searches anew cannot take (``takes(name, spec, value)``, ``spec`` its table in ``params``)."""
+    fixed = set(fixed)
+    kept = [
+        {
+            name: value
+            for name, value in point.items()
+            if name not in fixed and (name not in params or takes(name, params[name], value))
+        }
+        for point in points
+    ]
+    return without(kept, ())

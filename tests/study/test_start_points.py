@@ -9,7 +9,7 @@ import pytest
 
 from study.settings import SMOKE_BUDGET
 from study.spaces import SPACES_DIR, SpaceError, list_spaces, load_space
-from study.start_points import without
+from study.start_points import inherited, without
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -56,6 +56,42 @@ def test_an_overlay_that_fixes_a_key_takes_it_out_of_the_inherited_points(tmp_pa
     # points of its own replace the inherited ones whole
     path.write_text(path.read_text() + "[[start_points]]\nrank = 2\n")
     assert [dict(point) for point in load_space(path).start_points] == [{"rank": 2}]
+
+
+def test_a_copied_space_that_narrows_a_range_drops_only_the_inherited_values_outside_it(tmp_path: Path) -> None:
+    """README's way to a space of one's own: copy splora_lrp.toml (it extends the bases) and narrow rank. The bases'
+    points chose rank 1 and 64 for rank in [1, 64]: the copy keeps the rest of them and draws rank; before, it was
+    refused over start points it never wrote."""
+    (tmp_path / "mine.toml").write_text((SPACES_DIR / "splora_lrp.toml").read_text())
+    narrowed = tmp_path / "narrowed.toml"
+    narrowed.write_text('extends = "mine"\n[params.rank]\ntype = "int"\nlow = 2\nhigh = 8\n')
+    rest = [{key: value for key, value in point.items() if key != "rank"} for point in SPLORA_POINTS]
+    assert [dict(point) for point in load_space(narrowed).start_points] == rest
+    # a range that still holds a value keeps it: only rank 64 leaves
+    narrowed.write_text('extends = "mine"\n[params.rank]\ntype = "int"\nlow = 1\nhigh = 32\n')
+    assert [dict(point) for point in load_space(narrowed).start_points] == [SPLORA_POINTS[0], rest[1]]
+    # a bad range is named as such, not as a start point it happens to exclude
+    narrowed.write_text('extends = "mine"\n[params.rank]\ntype = "int"\nlow = 0\nhigh = 8\n')
+    with pytest.raises(
+        SpaceError, match=r"narrowed\.toml: params\.rank\.low=0 is not allowed; allowed: an integer >= 1"
+    ):
+        load_space(narrowed)
+    # the file's own points are checked, never trimmed
+    narrowed.write_text(narrowed.read_text().replace("low = 0", "low = 2") + "[[start_points]]\nrank = 1\n")
+    with pytest.raises(SpaceError, match=r"start_points\[0\]\.rank=1 is not allowed; allowed: an integer in \[2, 8\]"):
+        load_space(narrowed)
+
+
+def test_inherited_drops_fixed_keys_and_values_the_new_table_refuses() -> None:
+    points = [{"rank": 1, "lr": 0.01}, {"rank": 64, "lr": 0.02}, {"rank": 64}]
+
+    def takes(name: str, spec: dict, value: int) -> bool:
+        return spec["low"] <= value <= spec["high"]
+
+    assert inherited(points, ["lr"], {"rank": {"low": 2, "high": 8}}, takes) == ()
+    assert inherited(points, [], {"rank": {"low": 2, "high": 8}}, takes) == ({"lr": 0.01}, {"lr": 0.02})
+    assert inherited(points, [], {"rank": {"low": 1, "high": 8}}, takes) == ({"rank": 1, "lr": 0.01}, {"lr": 0.02})
+    assert inherited(points, [], {}, takes) == tuple(points)
 
 
 def test_without_drops_the_keys_then_empty_and_repeated_points() -> None:
