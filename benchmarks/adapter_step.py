@@ -11,6 +11,10 @@ rounds) is printed too.
 
 Last line: ``splora_vs_floor=R1 splora_vs_reference=R2``. Goals on CPU: R1 <= 1.10, R2 <= 0.60. The line before it
 prints ``floor_vs_reference``: no adapter can go below the floor, so R2 can reach 0.60 only where that is <= 0.60.
+
+``--compile`` adds ``floor_compiled`` and ``splora_compiled`` (``torch.compile``, ``--compile-backend``, as a trial's
+``--compile`` runs), prints each one's compile time (its first step) and appends ``splora_compiled_vs_floor_compiled``
+and ``splora_compiled_vs_reference`` to the last line: whether a compiled trial gets nearer the floor or the reference.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -26,6 +31,7 @@ from torch import nn
 
 from spa import fused
 from spa.adapters import SPLoRAConv2d, add_splora
+from spa.config import COMPILE_BACKENDS
 from spa.models import build_resnet
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the helpers shared by the scripts beside this one
@@ -70,17 +76,21 @@ def fresh_kernels(model: nn.Module) -> nn.Module:
     return model
 
 
-def make_step(model: nn.Module, batch: int, size: int, classes: int, *, fuse: bool = True) -> Callable[[], None]:
+def make_step(
+    model: nn.Module, batch: int, size: int, classes: int, *, fuse: bool = True, compile_backend: str | None = None
+) -> Callable[[], None]:
+    """One SGD step on a fixed batch; with ``compile_backend``, the model runs ``torch.compile``d by it."""
     model.train()
     optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-3, momentum=0.9)
     x = torch.randn(batch, 3, size, size)
     y = torch.randint(0, classes, (batch,))
     loss_fn = nn.CrossEntropyLoss()
+    forward = model if compile_backend is None else torch.compile(model, backend=compile_backend)
 
     def step() -> None:
         with fused.enabled(fuse):
             optimizer.zero_grad(set_to_none=True)
-            loss_fn(model(x), y).backward()
+            loss_fn(forward(x), y).backward()
             optimizer.step()
 
     return step
@@ -98,6 +108,15 @@ def main(argv: list[str] | None = None) -> int:
         help="cifar: 3x3/1 stem, no max-pool, as the paper's 32 px runs; imagenet: 7x7/2 + max-pool (default: cifar)",
     )
     parser.add_argument("--rank", type=int, default=8, help="SPLoRA rank (default: 8)")
+    parser.add_argument(
+        "--compile", action="store_true", help="add the floor and SPLoRA torch.compile'd, with their compile times"
+    )
+    parser.add_argument(
+        "--compile-backend",
+        choices=COMPILE_BACKENDS,
+        default="inductor",
+        help="the torch.compile backend of --compile (default: inductor)",
+    )
     add_clock_flag(parser)
     add_timing_flags(parser, threads=2, rounds=15, warmup=3)
     args = parser.parse_args(argv)
@@ -121,6 +140,14 @@ def main(argv: list[str] | None = None) -> int:
         name: make_step(model, args.batch_size, args.size, classes, fuse=fuse)
         for name, (model, fuse) in variants.items()
     }
+    if args.compile:
+        for name, model in (("floor", floor(network())), ("splora", add_splora(network(), args.rank, 1e-3))):
+            steps[f"{name}_compiled"] = step = make_step(
+                model, args.batch_size, args.size, classes, compile_backend=args.compile_backend
+            )
+            started = time.perf_counter()
+            step()
+            print(f"{name}_compiled: compile and first step {time.perf_counter() - started:.1f} s", flush=True)
     times = timed_rounds(steps, args)
     medians = {name: statistics.median(values) for name, values in times.items()}
     for name, value in medians.items():
@@ -140,7 +167,14 @@ def main(argv: list[str] | None = None) -> int:
     print(f"floor_vs_reference={medians['floor'] / medians['reference']:.2f}")
     r1 = medians["splora"] / medians["floor"]
     r2 = medians["splora"] / medians["reference"]
-    print(f"splora_vs_floor={r1:.2f} splora_vs_reference={r2:.2f}")
+    compiled = ""
+    if args.compile:
+        splora_compiled = medians["splora_compiled"]
+        compiled = (
+            f" splora_compiled_vs_floor_compiled={splora_compiled / medians['floor_compiled']:.2f}"
+            f" splora_compiled_vs_reference={splora_compiled / medians['reference']:.2f}"
+        )
+    print(f"splora_vs_floor={r1:.2f} splora_vs_reference={r2:.2f}{compiled}")
     return 0
 
 

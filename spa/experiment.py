@@ -213,7 +213,7 @@ def _weights_path(config: ExperimentConfig) -> str:
     if weights != PRETRAINED_DIGITS:
         return weights
     pretrain = PretrainConfig(arch=config.model.arch)
-    return str(pretrained_backbone(pretrain, config.runtime.cache_dir, threads=config.runtime.threads))
+    return str(pretrained_backbone(pretrain, config.runtime.cache_dir))
 
 
 def build_model(config: ExperimentConfig, num_classes: int, cifar_stem: bool, *, weights: str | None) -> nn.Module:

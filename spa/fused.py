@@ -52,6 +52,8 @@ __all__ = [
 ]
 
 _enabled = True
+# The overload itself: calling the packet (torch.ops.aten.convolution_backward) resolves it in Python on every call.
+_CONVOLUTION_BACKWARD = torch.ops.aten.convolution_backward.default
 # Pixels per sample from which the CPU's factor gradients run a sample at a time on one thread (``_per_sample``):
 # ResNet-18 at batch 32, cold caches, per conv: 5.3 -> 3.8 ms at 32 x 32 px, 2.2 -> 2.0 at 16 x 16, even at 8 x 8.
 CHUNK_PIXELS = 128
@@ -194,7 +196,7 @@ class _CentreTapConv2d(torch.autograd.Function):
         grad_x = grad_weight = grad_bias = None
         has_bias = ctx.has_bias
         if need_x or need_weight or (need_bias and has_bias):  # the stem's input needs no gradient
-            grad_x, grad_weight, grad_bias = torch.ops.aten.convolution_backward(
+            grad_x, grad_weight, grad_bias = _CONVOLUTION_BACKWARD(
                 grad_output,
                 x_c,
                 adapted if adapted.dtype == dtype else adapted.to(dtype),
@@ -239,7 +241,7 @@ def _factor_gradients(
 def centre_tap_gradient(grad_output: torch.Tensor, x: torch.Tensor, stride: tuple[int, int]) -> torch.Tensor:
     """``dW_c`` (out, in): the weight gradient of a 1x1 conv of ``stride`` and no padding, from the conv library."""
     weight = x.new_empty(grad_output.shape[1], x.shape[1], 1, 1)  # only its shape is read
-    return torch.ops.aten.convolution_backward(
+    return _CONVOLUTION_BACKWARD(
         grad_output, x, weight, None, stride, (0, 0), (1, 1), False, (0, 0), 1, (False, True, False)
     )[1].flatten(1)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import pytest
+import torch
 
 from spa import experiment
 from spa.config import ExperimentConfig
@@ -134,9 +135,12 @@ def test_compiled_training_reports_the_same_steps_and_its_compile_time(spa_cache
     eager = run_experiment(config)
     compiled_config = ExperimentConfig.from_flat({**config.to_flat(), "compile": True, "compile_backend": "aot_eager"})
     checkpoints: list[str] = []
+    counters = torch._dynamo.utils.counters
+    counters.clear()
     compiled = run_experiment(
         compiled_config, lambda metrics, checkpoint: checkpoints.append(checkpoint), checkpoint_root=tmp_path
     )
+    assert not counters["graph_break"], dict(counters["graph_break"])  # one graph per phase: breaks cost steps
     assert [row["compile_s"] for row in eager] == [0.0, 0.0]
     assert [row["peak_gpu_mib"] for row in compiled] == [0.0, 0.0]  # a CPU run
     assert all(row["compile_s"] > 0 for row in compiled)  # one compile per training phase, each reported

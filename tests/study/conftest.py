@@ -27,10 +27,10 @@ def ray_cluster():
 
 @pytest.fixture(scope="session")
 def backbone_cache(spa_cache_dir: str) -> str:
-    """The session's backbone cache, with the digits backbone already trained (one thread: a shared machine)."""
+    """The session's backbone cache, with the digits backbone already trained."""
     from spa.pretrain import PretrainConfig, pretrained_backbone
 
-    pretrained_backbone(PretrainConfig(arch="resnet18"), spa_cache_dir, threads=1)
+    pretrained_backbone(PretrainConfig(arch="resnet18"), spa_cache_dir)
     return spa_cache_dir
 
 
