@@ -172,12 +172,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.list_spaces:
-        for name in list_spaces():
+        names = list_spaces()
+        width = max(map(len, names), default=0)  # every description starts in one column
+        for name in names:
             try:
                 description = load_space(name).description
             except SpaceError as error:
                 description = f"(unusable: {error})"
-            print(f"{name:<20} {description}")
+            print(f"{name:<{width}}  {description}")
         return 0
     try:
         settings, space = plan(args)

@@ -498,6 +498,20 @@ def test_name_clash_without_resume_is_refused(tmp_path, backbone_cache, ray_clus
     assert not (tmp_path / "mlflow.db").exists()
 
 
+def test_list_spaces_prints_each_name_and_its_description_in_two_columns(capsys) -> None:
+    """The longest name (paper_cifar10_splora_lrp, 24 characters) ran into its description at a fixed width of 20."""
+    from study.spaces import list_spaces
+
+    assert main(["--list-spaces"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    names = list_spaces()
+    assert [line.split()[0] for line in lines] == names
+    column = max(map(len, names)) + 2
+    for name, line in zip(names, lines, strict=True):
+        assert line[:column].rstrip() == name and line[column] != " ", line
+        assert line[column:] == load_space(name).description
+
+
 def test_every_flag_says_its_default() -> None:
     parser = build_parser()
     flags = [a for a in parser._actions if a.option_strings and a.dest not in ("help", "list_spaces", "space")]
