@@ -55,6 +55,7 @@ __all__ = [
     "model_name",
     "model_uri",
     "model_id_of",
+    "step_models",
     "using_tracking_uri",
     "log_step_model",
     "set_on_front",
@@ -146,6 +147,19 @@ def model_id_of(uri: str) -> str | None:
     prefix = "models:/"
     rest = uri[len(prefix) :] if uri.startswith(prefix) else ""
     return rest if rest.startswith("m-") and "/" not in rest else None
+
+
+def step_models(client: MlflowClient, experiment_id: str) -> dict[tuple[str, int], Any]:
+    """The experiment's logged models (``LoggedModel``) by the point each is the model of: (run id, pruning step)."""
+    models, token = {}, None
+    while True:
+        page = client.search_logged_models([experiment_id], page_token=token)
+        for model in page:
+            if model.source_run_id and "step" in model.tags:
+                models[(model.source_run_id, int(model.tags["step"]))] = model
+        token = page.token
+        if not token:
+            return models
 
 
 @contextmanager

@@ -24,6 +24,7 @@ import pandas as pd
 
 from spa.config import CRITERIA_NAMES
 from spa.files import write_atomically
+from study.logged_models import model_uri, step_models
 from study.names import DEFAULT_OBJECTIVES, DEFAULT_TRACKING_URI, FINAL_STEP, MODES
 from study.pareto import front_frame, front_text, write_front_html, write_front_png
 from study.records import POINT_METRICS, load_points
@@ -225,15 +226,7 @@ def export_front_models(client: MlflowClient, experiment_id: str, front: pd.Data
     A point without a logged model (a study recorded before models were logged) is listed with an empty path."""
     import mlflow.artifacts
 
-    models, token = {}, None
-    while True:
-        page = client.search_logged_models([experiment_id], page_token=token)
-        for model in page:
-            if model.source_run_id and "step" in model.tags:
-                models[(model.source_run_id, int(model.tags["step"]))] = model
-        token = page.token
-        if not token:
-            break
+    models = step_models(client, experiment_id)
     rows = []
     directory.mkdir(parents=True, exist_ok=True)
     for point in front.to_dict("records"):
@@ -241,7 +234,7 @@ def export_front_models(client: MlflowClient, experiment_id: str, front: pd.Data
         row = {
             "model_name": model.name if model else "",
             "model_id": model.model_id if model else "",
-            "model_uri": f"models:/{model.model_id}" if model else "",
+            "model_uri": model_uri(model.model_id) if model else "",
             "path": "",
             **{c: point.get(c) for c in ("run_name", "run_id", "step", "learner", "criterion", "rank", *POINT_METRICS)},
         }

@@ -15,7 +15,7 @@ import sys
 import time
 from collections.abc import Sequence
 from importlib import metadata
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from spa.config import PRETRAINED_DIGITS, ExperimentConfig
 from study.names import trial_dirname, trial_name
@@ -23,6 +23,9 @@ from study.outcome import FAILED, failures_verdict
 from study.plan import max_final_step, space_values
 from study.settings import MANIFEST, MLFLOW_DB, OPTUNA_DB, StudySettings, UsageError, write_manifest
 from study.spaces import SearchSpace
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 __all__ = [
     "INTERRUPTED",
@@ -293,14 +296,17 @@ def snapshots(settings: StudySettings) -> Any:
     return DriverStateSnapshots(settings.snapshot_location, databases=databases, files=files)
 
 
-def ui_lines(tracking_uri: str, experiment_name: str) -> list[str]:
+def ui_lines(tracking_uri: str, experiment_name: str, front: pd.DataFrame | None = None) -> list[str]:
     """Where to see the study in the MLflow UI: the command for a local store, the exact URLs (model-training
-    mode, the experiment's id) of the runs and of the front's logged models."""
+    mode, the experiment's id) of the runs and of the front's logged models; then the URI of each ``front``
+    member's logged model (its ``run_id`` and ``step``), and how to load one."""
     from mlflow import MlflowClient
 
+    from study.logged_models import model_uri, step_models
     from study.mlflow_experiment import is_local_store, models_url, runs_url, ui_base
 
-    experiment = MlflowClient(tracking_uri=tracking_uri).get_experiment_by_name(experiment_name)
+    client = MlflowClient(tracking_uri=tracking_uri)
+    experiment = client.get_experiment_by_name(experiment_name)
     lines = []
     if is_local_store(tracking_uri):
         lines.append(f"mlflow:  mlflow ui --backend-store-uri {tracking_uri} --host 127.0.0.1 --port 5000")
@@ -309,6 +315,20 @@ def ui_lines(tracking_uri: str, experiment_name: str) -> list[str]:
     base = ui_base(tracking_uri)
     lines.append(f"runs:    {runs_url(base, experiment.experiment_id)}   (experiment {experiment_name!r})")
     lines.append(f"models:  {models_url(base, experiment.experiment_id)}")
+    if front is None or not len(front):
+        return lines
+    models = step_models(client, experiment.experiment_id)
+    uris = []
+    for point in front.to_dict("records"):
+        model = models.get((point["run_id"], int(point["step"])))
+        uris.append(model_uri(model.model_id) if model is not None else "(no logged model)")
+        lines.append(f"         {point['run_name']} step {int(point['step'])}: {uris[-1]}")
+    loadable = [uri for uri in uris if uri.startswith("models:/")]
+    if loadable:
+        lines.append(
+            f'load:    import mlflow.pytorch; mlflow.set_tracking_uri("{tracking_uri}"); '
+            f'model = mlflow.pytorch.load_model("{loadable[-1]}")'
+        )
     return lines
 
 
@@ -343,7 +363,7 @@ def summarize(settings: StudySettings, space: SearchSpace, *, seconds: float, fi
     store = settings.tracking_uri
     print()
     print(f"files:   {settings.study_dir}/pareto_front.{{csv,html,png}}, pareto_front_steps.csv")
-    for line in ui_lines(store, settings.experiment_name):
+    for line in ui_lines(store, settings.experiment_name, front):
         print(line)
     print(f"report:  python -m study.report --tracking-uri {store} --experiment-name {settings.experiment_name}")
     if interrupted:

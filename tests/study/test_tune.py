@@ -176,6 +176,26 @@ def test_smoke_study_is_recorded_in_mlflow_and_optuna(tmp_path, backbone_cache, 
     assert set(front["run_name"]) == {r.info.run_name for r in children if r.data.tags["pareto"] == "true"}
     steps_front = pd.read_csv(study_dir / "pareto_front_steps.csv")
     assert {"run_id", "run_name", "step"} <= set(steps_front.columns) and len(steps_front) >= 1
+    # The summary names each front member's logged model, and its load line works as printed, in a fresh process.
+    for point in front.to_dict("records"):
+        line = next(line for line in out.splitlines() if line.strip().startswith(f"{point['run_name']} step "))
+        model = client.get_logged_model(line.rsplit("models:/", 1)[1])
+        assert (model.source_run_id, model.tags["step"], model.tags["on_front"]) == (
+            point["run_id"],
+            str(point["step"]),
+            "true",
+        )
+    load = next(line for line in out.splitlines() if line.startswith("load:    ")).removeprefix("load:    ")
+    loaded = load.rsplit('"', 2)[1].removeprefix("models:/")
+    printed = subprocess.run(
+        [sys.executable, "-c", f"{load}; print(sum(p.numel() for p in model.parameters()))"],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "PYTHONPATH": ""},  # MLflow and torch alone
+    ).stdout.split()[-1]
+    params = {m.key: m.value for m in client.get_logged_model(loaded).metrics}["params"]
+    assert int(printed) == int(params)
 
 
 # --- failures ------------------------------------------------------------------------------------------------------
