@@ -65,6 +65,7 @@ class FrontModels:
         self.sizes: list[int] = []  # bytes of each model logged in this session
         self._standing: dict[Key, tuple[bool, bool]] = {}  # point -> (on front, on step front) at the last update
         self._pending: dict[Key, Future] = {}  # points whose model is being logged
+        self._registering: Future | None = None  # the latest registration of the front (--register-model)
         self._lock = threading.Lock()  # guards models, tags, seconds, sizes (the logging thread adds to them)
         self._pool: ThreadPoolExecutor | None = None
 
@@ -132,11 +133,13 @@ class FrontModels:
                     shutil.rmtree(copy, ignore_errors=True)
         if self.register_model and self.reference is not None:
             front_rows = {key: dict(rows[key]) for key in front}
-            self._thread().submit(self._register, set(front), front_rows)  # after the models queued before it
+            # After the models queued before it; only the latest matters (it registers the front as it stands).
+            self._registering = self._thread().submit(self._register, set(front), front_rows)
 
     def finish(self) -> list[str]:
         """Wait for the models still being logged, then settle tags once more. Returns one line per model that
-        could not be logged (the study itself goes on: its runs, metrics and front files are complete)."""
+        could not be logged, and one for a front that could not be registered (the study itself goes on: its runs,
+        metrics and front files are complete)."""
         if self._pool is not None:
             self._pool.shutdown(wait=True)
             self._pool = None
@@ -145,7 +148,10 @@ class FrontModels:
             for (run_id, step), job in self._pending.items()
             if job.exception() is not None
         ]
-        self._pending = {}
+        if self._registering is not None and self._registering.exception() is not None:
+            error = self._registering.exception()
+            errors.append(f"registering the front as {self.register_model!r}: {type(error).__name__}: {error}")
+        self._pending, self._registering = {}, None
         self._settle_tags()
         return errors
 

@@ -25,6 +25,7 @@ logged, and closes runs left RUNNING by a stopped driver whose trial will not co
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -231,6 +232,8 @@ class StudyTracker(Callback):
             errors = self._models.finish()
             if errors:
                 set_tags(self.client, self.parent_run_id, {"model_errors": one_line("; ".join(errors))})
+                for error in errors:  # the summary below says where the models are: say which are not
+                    print(f"warning: {one_line(error)}", file=sys.stderr, flush=True)
         counts = {state: 0 for state in _STATUS.values()}
         for run in self._runs.children():
             counts[run.info.status] = counts.get(run.info.status, 0) + 1
