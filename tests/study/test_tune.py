@@ -389,6 +389,8 @@ BAD_INPUTS = {
         str(write_space(tmp, "file", "") / "runs"),
     ],  # fmt: skip
     "optuna storage that is no URL": lambda tmp: ["--space", "splora_lrp", "--smoke", "--optuna-storage", "optuna"],
+    # MLflow refused it at the tracker's setup: a traceback, after the study directory and mlflow.db were written
+    "empty experiment name": lambda tmp: ["--space", "splora_lrp", "--smoke", "--experiment-name", ""],
     "ray address where nothing listens": lambda tmp: [
         "--space",
         "splora_lrp",
