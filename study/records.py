@@ -56,7 +56,7 @@ def point_row(
         "learner": learner,
         "criterion": settings.get("criterion"),
         "rank": None if learner == "finetune" or rank is None else int(rank),
-        **{metric: _number(result.get(metric)) for metric in POINT_METRICS},
+        **{metric: _number(result.get(metric)) for metric in _NUMBER_COLUMNS},
         **{f"config/{key}": str(value) for key, value in sorted(settings.items())},
     }
 

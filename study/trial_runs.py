@@ -3,7 +3,8 @@
 One child run per trial (``PARENT_TAG``; tags ``trial_id``, ``trial_number``, ``learner``, ``criterion``, and the
 nodes it ran on: ``node_ip``, ``hostname``, ``node_id``, ``node_ids``; params = every experiment setting of the
 trial, defaults included, so a run says how to repeat it), one metric value per pruning step, at MLflow step =
-pruning step, logged once: the point (``POINT_METRICS``) and what the step cost (``COST_METRIC_NAMES``: compile
+pruning step, logged once: the point (``POINT_METRICS``), the step the trial would end at (``FINAL_STEP``: a run whose
+last step is below it was stopped early, ``study.report``) and what the step cost (``COST_METRIC_NAMES``: compile
 seconds, peak GPU memory), each where the result holds a number. On a resume the runs are found again: by trial
 id, and by Optuna trial number for an Optuna trial asked again after Tune lost it (``study.searcher``), which keeps
 its run under its new trial id.
@@ -21,13 +22,13 @@ from ray.tune.experiment import Trial
 
 from spa.metrics import COST_METRIC_NAMES
 from study.mlflow_runs import log_params, set_tags
-from study.names import PARENT_TAG, STUDY_KEYS, TRIAL_NUMBER, trial_name
+from study.names import FINAL_STEP, PARENT_TAG, STUDY_KEYS, TRIAL_NUMBER, trial_name
 from study.records import POINT_METRICS, child_runs
 
 __all__ = ["STEP_METRICS", "TrialRuns"]
 
-# What a trial's run logs at every pruning step: its point, then what the step cost (never objectives).
-STEP_METRICS = (*POINT_METRICS, *COST_METRIC_NAMES)
+# What a trial's run logs at every pruning step: its point, its last step, then what the step cost (never objectives).
+STEP_METRICS = (*POINT_METRICS, FINAL_STEP, *COST_METRIC_NAMES)
 
 
 class TrialRuns:

@@ -173,12 +173,14 @@ def test_what_each_step_cost_is_logged_where_the_trial_reported_it(ended_study) 
     assert history(good, "compile_s") == [(0, 12.5), (1, 0.0)]
     assert history(good, "peak_gpu_mib") == [(0, 420.25), (1, 431.5)]
     assert history(stopped, "compile_s") == history(stopped, "peak_gpu_mib") == []
+    assert history(stopped, "final_step") == [(0, 2.0), (1, 2.0)]  # it reached step 1 of 2: stopped early
     assert set(stopped.data.metrics) == set(good.data.metrics) - {"compile_s", "peak_gpu_mib"}
 
 
 def test_the_step_front_counts_every_measured_step_the_trial_front_only_complete_ones(ended_study) -> None:
     front = pd.read_csv(ended_study / "study" / "pareto_front.csv")
     assert list(front["run_name"]) == ["trial-000"]
+    assert list(front["final_step"]) == [1]  # logged with every step: a run stopped before it is told apart
     steps = pd.read_csv(ended_study / "study" / "pareto_front_steps.csv")
     # Measured: trial-000 (0.9, 900) (0.8, 300); trial-001, stopped, (0.5, 900) (0.1, 300); trial-002, which raised
     # later, (0.9, 800); trial-003 (0.9, 900) (NaN, 100). (0.9, 800) beats both (0.9, 900); NaN never enters.
