@@ -33,7 +33,7 @@ from spa.data import Loaders, load_splits, make_loaders, score_loader
 from spa.graphs import CapturedStep
 from spa.loader_settings import available_cpus, loader_settings
 from spa.metrics import COST_METRIC_NAMES, EXTRA_METRIC_NAMES, METRIC_NAMES
-from spa.models import build_resnet
+from spa.models import build_resnet, fetch_imagenet_weights
 from spa.pretrain import PretrainConfig, pretrained_backbone
 from spa.pruning import fewest_channels, prune_to_density
 from spa.schedules import density_schedule, explicit_schedule
@@ -210,6 +210,8 @@ def _resume_point(resume_from: str | Path | None) -> tuple[int, list[dict[str, f
 
 def _weights_path(config: ExperimentConfig) -> str:
     weights = config.model.weights
+    if weights == "imagenet":
+        fetch_imagenet_weights(config.model.arch)  # no network: one line now, before the data are loaded
     if weights != PRETRAINED_DIGITS:
         return weights
     pretrain = PretrainConfig(arch=config.model.arch)

@@ -11,7 +11,14 @@ from torchvision import models as tv_models
 
 from spa.validation import is_int
 
-__all__ = ["ARCHITECTURES", "build_resnet", "load_backbone_state", "WeightsError"]
+__all__ = [
+    "ARCHITECTURES",
+    "build_resnet",
+    "fetch_imagenet_weights",
+    "imagenet_weights_file",
+    "load_backbone_state",
+    "WeightsError",
+]
 
 # name -> (builder, ImageNet weights enum)
 ARCHITECTURES = {
@@ -23,6 +30,33 @@ ARCHITECTURES = {
 
 class WeightsError(ValueError):
     """Weights that cannot be loaded (missing file, wrong architecture)."""
+
+
+def imagenet_weights_file(arch: str) -> tuple[str, Path]:
+    """torchvision's URL of the ImageNet weights of ``arch``, and where ``torch.hub`` caches them."""
+    url = ARCHITECTURES[arch][1].url
+    return url, Path(torch.hub.get_dir()) / "checkpoints" / url.rsplit("/", 1)[1]
+
+
+def fetch_imagenet_weights(arch: str) -> Path:
+    """The cached ImageNet weights of ``arch``, downloaded (hash-checked, by ``torch.hub``) if missing.
+
+    Called before a run loads any data, so that no network is one ``WeightsError`` line, not a traceback after the
+    data are loaded (``build_resnet`` then reads the cached file).
+    """
+    url, cached = imagenet_weights_file(arch)
+    if cached.is_file():
+        return cached
+    try:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        torch.hub.download_url_to_file(url, str(cached), hash_prefix=cached.stem.rsplit("-", 1)[-1])
+    except (OSError, RuntimeError) as error:  # urllib's URLError is an OSError; a bad hash is a RuntimeError
+        reason = " ".join(str(getattr(error, "reason", error)).split())
+        raise WeightsError(
+            f"weights='imagenet': the {arch} ImageNet weights are not in the torch hub cache ({cached}) and could "
+            f"not be downloaded from {url} ({reason}); connect to the network once, or put {cached.name} there"
+        ) from None
+    return cached
 
 
 def build_resnet(

@@ -78,12 +78,9 @@ def check_imagenet_weights(archs: Iterable[str], *, timeout_s: float = TIMEOUT_S
 
 def _imagenet_file(arch: str) -> tuple[str, Path]:
     """torchvision's URL of the ImageNet weights of ``arch``, and where ``torch.hub`` caches them."""
-    import torch
+    from spa.models import imagenet_weights_file
 
-    from spa.models import ARCHITECTURES
-
-    url = ARCHITECTURES[arch][1].url
-    return url, Path(torch.hub.get_dir()) / "checkpoints" / url.rsplit("/", 1)[1]
+    return imagenet_weights_file(arch)
 
 
 def _first_sentence(error: BaseException, limit: int = 160) -> str:

@@ -65,3 +65,27 @@ def test_weights_of_another_architecture_are_refused(tmp_path) -> None:
     torch.save(build_resnet("resnet18", 5).state_dict(), path)
     with pytest.raises(WeightsError, match="do not fit"):
         build_resnet("resnet50", 5, weights=path)
+
+
+def test_imagenet_weights_are_read_from_the_hub_cache_without_network(tmp_path, monkeypatch) -> None:
+    import torch.hub
+    from torchvision import models as tv_models
+
+    from spa.models import fetch_imagenet_weights, imagenet_weights_file
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("a test tried to download")
+
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
+    monkeypatch.setattr(torch.hub, "urlopen", no_network)
+    url, cached = imagenet_weights_file("resnet18")
+    assert url == "https://download.pytorch.org/models/resnet18-f37072fd.pth"
+    assert cached == tmp_path / "checkpoints" / "resnet18-f37072fd.pth"
+    torch.manual_seed(3)
+    cached.parent.mkdir()
+    saved = tv_models.resnet18().state_dict()
+    torch.save(saved, cached)
+    assert fetch_imagenet_weights("resnet18") == cached
+    model = build_resnet("resnet18", 10, weights="imagenet")
+    torch.testing.assert_close(model.layer4[1].conv2.weight, saved["layer4.1.conv2.weight"], rtol=0, atol=0)
+    assert model.fc.out_features == 10

@@ -92,3 +92,32 @@ def test_bad_input_one_line_exit_2(argv: list[str], message: str, tmp_path, caps
     assert message in err
     assert len(err.strip().splitlines()) == 1
     assert not csv_path.exists()  # nothing half-written
+
+
+def test_imagenet_weights_without_network_one_line_before_the_data(
+    tmp_path, monkeypatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Offline and not cached, --weights imagenet was a urllib traceback (exit 1) after the data were loaded."""
+    import torch.hub
+    import urllib.error
+
+    from spa import experiment
+
+    def no_network(*args, **kwargs):
+        raise urllib.error.URLError("[Errno -2] Name or service not known")
+
+    def no_data(*args, **kwargs):
+        raise AssertionError("the data were loaded before the weights were checked")
+
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    monkeypatch.setattr(torch.hub, "urlopen", no_network)
+    monkeypatch.setattr(experiment, "_load_data", no_data)
+    csv_path = tmp_path / "never.csv"
+    code = main(["--weights", "imagenet", "--arch", "resnet50", "--csv", str(csv_path), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    cached = tmp_path / "hub" / "checkpoints" / "resnet50-0676ba61.pth"
+    assert err.startswith(f"error: weights='imagenet': the resnet50 ImageNet weights are not in the torch hub cache ({cached})")
+    assert "https://download.pytorch.org/models/resnet50-0676ba61.pth ([Errno -2] Name or service not known)" in err
+    assert err.rstrip().endswith("put resnet50-0676ba61.pth there")
+    assert not csv_path.exists() and not cached.exists()
