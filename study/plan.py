@@ -86,6 +86,7 @@ def plan(args: argparse.Namespace) -> tuple[StudySettings, SearchSpace]:
         _check_new_optuna_study(settings)
     preflight.check_writable_dir("--cache-dir", settings.cache_dir)
     preflight.check_tracking_uri(settings.tracking_uri)  # before the slower checks: it may wait TIMEOUT_S
+    _check_device_settings(space, settings, resumed=args.resume)
     space = space.with_overrides(overrides(settings, space))
     if settings.smoke:
         # One epoch and one pruning step cannot reach a floor set for the real budget; a smoke study checks the
@@ -172,6 +173,26 @@ def _check_new_optuna_study(settings: StudySettings) -> None:
         raise UsageError(
             f"--optuna-storage {preflight.hide_password(url)} holds a study named {settings.name!r}; "
             "pass --resume to continue it, or another --name"
+        )
+
+
+# --- where a trial runs ----------------------------------------------------------------------------------------------
+
+
+def _check_device_settings(space: SearchSpace, settings: StudySettings, *, resumed: bool) -> None:
+    """The command decides a trial's device (``overrides``), so a space's ``device`` would be silently replaced (a
+    resumed study's copy of its space holds the device the command pinned); and CUDA-only settings on trials without
+    a GPU would fail every trial, after Ray, Optuna and MLflow were set up."""
+    if not resumed and "device" in space.fixed or any(param.name == "device" for param in space.params):
+        raise UsageError(
+            f"{space.path}: device is not allowed in a space; allowed: --gpus-per-trial, which sets it "
+            "(cuda when > 0, else cpu)"
+        )
+    cuda_only = [key for key in ("bf16", "cuda_graphs") if True in space_values(space, key)]
+    if cuda_only and settings.gpus_per_trial == 0:
+        raise UsageError(
+            f"{space.path}: {' and '.join(f'{key} = true' for key in cuda_only)} needs a CUDA GPU per trial, but "
+            "--gpus-per-trial is 0; allowed: --gpus-per-trial 1 (or 1/k to share one), or false in the space"
         )
 
 

@@ -342,6 +342,13 @@ def test_ctrl_c_then_resume_continues_without_duplicates(tmp_path, backbone_cach
 # --- bad input -----------------------------------------------------------------------------------------------------
 
 
+GPU_SPACES = {
+    "bf16": lambda tmp: write_space(tmp, "bf16", 'extends = "splora_lrp"\n[fixed]\nbf16 = true\n'),
+    "cuda_graphs": lambda tmp: write_space(
+        tmp, "graphs", 'extends = "splora_lrp"\n[params.cuda_graphs]\ntype = "categorical"\nchoices = [false, true]\n'
+    ),
+    "device": lambda tmp: write_space(tmp, "device", 'extends = "splora_lrp"\n[fixed]\ndevice = "cuda"\n'),
+}
 BROKEN_SPACE = "[params.rank]\ntype = 'int'\nlow = 8\nhigh = 2\n"
 BAD_INPUTS = {
     "unknown space": lambda tmp: ["--space", "no_such_space"],
@@ -354,6 +361,11 @@ BAD_INPUTS = {
     "half a gpu on a GPU-less cluster": lambda tmp: ["--space", "splora_lrp", "--smoke", "--gpus-per-trial", "0.5"],
     "a gpu share leaving a slice idle": lambda tmp: ["--space", "splora_lrp", "--smoke", "--gpus-per-trial", "0.3"],
     "more CPUs than the cluster": lambda tmp: ["--space", "splora_lrp", "--smoke", "--cpus-per-trial", "3"],
+    # These three ran: bf16 and CUDA graphs failed every trial after Ray and MLflow were set up; a space's device
+    # was replaced by the command's without a word.
+    "bf16 in a space, no gpu per trial": lambda tmp: ["--space", str(GPU_SPACES["bf16"](tmp)), "--smoke"],
+    "cuda graphs in a space, no gpu per trial": lambda tmp: ["--space", str(GPU_SPACES["cuda_graphs"](tmp)), "--smoke"],
+    "device in a space": lambda tmp: ["--space", str(GPU_SPACES["device"](tmp)), "--smoke"],
     "missing data dir": lambda tmp: ["--space", "splora_lrp", "--smoke", "--data-dir", str(tmp / "nowhere")],
     "resume of nothing": lambda tmp: ["--space", "splora_lrp", "--smoke", "--resume"],
     "file tracking store": lambda tmp: ["--space", "splora_lrp", "--smoke", "--tracking-uri", str(tmp / "mlruns")],
@@ -615,3 +627,21 @@ def test_uri_storage_keeps_trials_at_the_uri_and_driver_state_local(tmp_path, ba
     assert main([*argv, "--resume"]) == 0
     study = optuna.load_study(study_name="uri", storage=f"sqlite:///{local / 'optuna.db'}")
     assert len(study.trials) == 2
+
+
+def test_cuda_settings_in_a_space_need_a_gpu_per_trial(tmp_path, backbone_cache, capsys) -> None:
+    tail = common(tmp_path, backbone_cache)
+    bf16, graphs, device = (str(GPU_SPACES[key](tmp_path)) for key in ("bf16", "cuda_graphs", "device"))
+    assert main(["--space", bf16, "--smoke", *tail]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"error: {bf16}: bf16 = true needs a CUDA GPU per trial, but --gpus-per-trial is 0; "
+        "allowed: --gpus-per-trial 1 (or 1/k to share one), or false in the space"
+    )
+    assert main(["--space", graphs, "--smoke", *tail]) == 2
+    assert capsys.readouterr().err.startswith(f"error: {graphs}: cuda_graphs = true needs a CUDA GPU per trial")
+    assert main(["--space", device, "--smoke", *tail]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"error: {device}: device is not allowed in a space; allowed: --gpus-per-trial, which sets it "
+        "(cuda when > 0, else cpu)"
+    )
+    nothing_created(tmp_path)
