@@ -51,6 +51,7 @@ from spa.splits import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     DataError,
+    DatasetFilesError,
     DatasetInfo,
     Loaders,
     Splits,
@@ -184,15 +185,23 @@ def _torchvision_splits(
     source = _TORCHVISION_SETS[info.name]
     root = _resolve_data_dir(data_dir, download and source.downloadable)
     expected = root / source.folder
-    how = "or pass --download (download=True)" if source.downloadable else "(torchvision cannot download it)"
-    missing = f"dataset {info.name!r} not found: expected it at {str(expected)!r}; put it there {how}"
-    if not expected.exists() and not (download and source.downloadable):
-        raise DataError(missing)
+    present = expected.exists()
+    missing = f"dataset {info.name!r} not found: expected it at {str(expected)!r}"
+    if not present and not (download and source.downloadable):
+        raise DatasetFilesError(missing, downloadable=source.downloadable)
     try:
         train_base = source.build(str(root), True, download and source.downloadable)
         test_base = source.build(str(root), False, download and source.downloadable)
     except RuntimeError as error:  # torchvision: "Dataset not found or corrupted ..." or a failed download
-        raise DataError(f"{missing} ({one_line(error)})") from error
+        # Files that are there but refused fail torchvision's own check (CIFAR: each file's md5 checksum).
+        problem = (
+            f"dataset {info.name!r} at {str(expected)!r} is incomplete or not the original files"
+            if present
+            else missing
+        )
+        raise DatasetFilesError(
+            f"{problem} (torchvision: {one_line(error)})", downloadable=source.downloadable
+        ) from error
     return _splits_from_bases(info, train_base, test_base, source.transforms(), val_fraction=val_fraction, seed=seed)
 
 

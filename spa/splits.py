@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader, Dataset
 
 __all__ = [
     "DataError",
+    "DatasetFilesError",
     "DatasetInfo",
     "Splits",
     "Loaders",
@@ -41,6 +42,16 @@ VAL_FRACTION = 0.1
 
 class DataError(ValueError):
     """A dataset that cannot be loaded (unknown name, missing files); the message is one line."""
+
+
+class DatasetFilesError(DataError):
+    """A torchvision dataset whose files are missing or refused under ``data_dir``: ``problem`` says what (one
+    line), the message adds what to do with ``spa.run``'s flags; a command without ``--download`` says its own."""
+
+    def __init__(self, problem: str, *, downloadable: bool) -> None:
+        remedy = "or pass --download (download=True)" if downloadable else "(torchvision cannot download it)"
+        super().__init__(f"{problem}; put the original files there {remedy}")
+        self.problem, self.downloadable = problem, downloadable
 
 
 @dataclass(frozen=True)

@@ -251,8 +251,8 @@ def max_final_step(space: SearchSpace) -> int:
 
 def _check_datasets(space: SearchSpace) -> None:
     """A dataset a trial cannot load is bad input, found now rather than in every trial."""
-    from spa.data import EMBEDDED_DATASETS, load_splits  # local: torchvision only once needed
-    from spa.splits import DataError
+    from spa.data import EMBEDDED_DATASETS, default_data_dir, load_splits  # local: torchvision only once needed
+    from spa.splits import DataError, DatasetFilesError
 
     data_dir = space_values(space, "data_dir")[0]
     for dataset in space_values(space, "dataset"):
@@ -260,5 +260,15 @@ def _check_datasets(space: SearchSpace) -> None:
             continue  # embedded: always there
         try:
             load_splits(dataset, data_dir=data_dir, download=False)
+        except DatasetFilesError as error:  # its remedy names spa.run's --download, which this command lacks
+            root = data_dir or str(default_data_dir())
+            how = (
+                f"e.g. python -c \"from spa.data import load_splits; load_splits('{dataset}', data_dir='{root}', "
+                "download=True)\""
+                if error.downloadable
+                else "(torchvision cannot download it)"
+            )
+            never = "a study never downloads: put the original files there first"
+            raise UsageError(f"{error.problem}; {never}, {how}") from None
         except DataError as error:
             raise UsageError(str(error)) from None

@@ -341,3 +341,52 @@ def test_fashion_mnist_from_local_files(tmp_path) -> None:
     assert [len(labels) for _, labels in loaders.test] == [3, 3, 1]
     other = load_splits("fashion-mnist", data_dir=tmp_path, seed=1)
     assert other.val.indices != splits.val.indices
+
+
+def write_cifar10(root, per_batch: int) -> np.ndarray:
+    """A small CIFAR-10 in torchvision's layout (``cifar-10-batches-py``: pickled dicts, ``data`` N x 3072 uint8 in
+    channel-major order, ``labels``); returns the test images as (N, 32, 32, 3)."""
+    import pickle
+
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        images = rng.integers(0, 256, (per_batch, 3072), dtype=np.uint8)
+        labels = [int(i) % 10 for i in range(per_batch)]
+        (folder / name).write_bytes(pickle.dumps({"batch_label": name, "labels": labels, "data": images}))
+    (folder / "batches.meta").write_bytes(pickle.dumps({"label_names": [f"class{i}" for i in range(10)]}))
+    return images.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+
+
+def test_cifar10_from_local_files_and_refused_when_not_the_original(tmp_path, monkeypatch) -> None:
+    import hashlib
+
+    from torchvision.datasets import CIFAR10
+
+    from spa.splits import DatasetFilesError
+
+    test_images = write_cifar10(tmp_path, per_batch=8)
+    folder = tmp_path / "cifar-10-batches-py"
+    # torchvision checks each file's md5 against the original's: hand-made files are refused, with what is wrong
+    # (it said "not found" and suggested --download, over files that were there).
+    with pytest.raises(DatasetFilesError) as excinfo:
+        load_splits("cifar10", data_dir=tmp_path)
+    assert _one_line_error(excinfo) == (
+        f"dataset 'cifar10' at '{folder}' is incomplete or not the original files (torchvision: Dataset not found or "
+        "corrupted. You can use download=True to download it); put the original files there or pass --download "
+        "(download=True)"
+    )
+    md5 = {path.name: hashlib.md5(path.read_bytes()).hexdigest() for path in folder.iterdir()}
+    monkeypatch.setattr(CIFAR10, "train_list", [[f"data_batch_{i}", md5[f"data_batch_{i}"]] for i in range(1, 6)])
+    monkeypatch.setattr(CIFAR10, "test_list", [["test_batch", md5["test_batch"]]])
+    monkeypatch.setattr(CIFAR10, "meta", {**CIFAR10.meta, "md5": md5["batches.meta"]})
+    splits = load_splits("cifar10", data_dir=tmp_path, seed=0)
+    assert splits.info.num_classes == 10 and splits.info.cifar_stem is True
+    assert (len(splits.train), len(splits.val), len(splits.test)) == (36, 4, 8)
+    std, mean = (torch.tensor(v, dtype=torch.float32).view(3, 1, 1) for v in (STD, MEAN))
+    for index in (0, 5):
+        image, label = splits.test[index]
+        assert label == index % 10
+        pixels = torch.from_numpy(test_images[index]).permute(2, 0, 1).float() / 255  # (3, 32, 32)
+        torch.testing.assert_close(image * std + mean, pixels, rtol=0, atol=1e-6)

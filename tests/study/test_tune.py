@@ -645,3 +645,17 @@ def test_cuda_settings_in_a_space_need_a_gpu_per_trial(tmp_path, backbone_cache,
         "(cuda when > 0, else cpu)"
     )
     nothing_created(tmp_path)
+
+
+def test_a_dataset_missing_from_data_dir_says_how_without_download(tmp_path, backbone_cache, capsys) -> None:
+    """The study has no --download, and the message said to pass it."""
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    argv = ["--space", "splora_lrp", "--smoke", "--dataset", "cifar10", "--data-dir", str(data_dir)]
+    assert main([*argv, *common(tmp_path, backbone_cache)]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"error: dataset 'cifar10' not found: expected it at '{data_dir / 'cifar-10-batches-py'}'; a study never "
+        "downloads: put the original files there first, e.g. python -c \"from spa.data import load_splits; "
+        f"load_splits('cifar10', data_dir='{data_dir}', download=True)\""
+    )
+    nothing_created(tmp_path)
