@@ -49,6 +49,10 @@ def run_study(settings: StudySettings, space: SearchSpace, *, resume: bool, addr
     ray, started_ray = connect(address)
     try:
         nodes = [node["Resources"] for node in ray.nodes() if node.get("Alive")]
+        if _cluster_address(address):  # an autoscaler may start the workers that trials need
+            from study.autoscaling import countable_nodes
+
+            nodes = countable_nodes(nodes)
         max_concurrent = check_resources(nodes, settings)
         pretrain(space, settings)
         tuner = build_tuner(settings, space, max_concurrent, resume=resume)

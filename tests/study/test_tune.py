@@ -659,3 +659,33 @@ def test_a_dataset_missing_from_data_dir_says_how_without_download(tmp_path, bac
         f"load_splits('cifar10', data_dir='{data_dir}', download=True)\""
     )
     nothing_created(tmp_path)
+
+
+def test_an_autoscaling_cluster_counts_the_workers_it_may_start(tmp_path) -> None:
+    """cluster.yaml's head has no CPUs for trials and its GPU workers scale from 0: the study, checking only live
+    nodes, refused the README's command (--cpus-per-trial 4 exceeds the 0 CPUs of the largest Ray node)."""
+    import yaml
+
+    from study.autoscaling import HEAD_RESOURCE, countable_nodes
+
+    config = yaml.safe_load((Path(__file__).parents[2] / "cluster.yaml").read_text())
+    # What the launcher writes to the head's ~/ray_bootstrap_config.yaml: resources filled in from the instance type.
+    config["available_node_types"]["gpu_worker"]["resources"] = {"CPU": 4, "GPU": 1}
+    bootstrap = tmp_path / "ray_bootstrap_config.yaml"
+    bootstrap.write_text(yaml.safe_dump(config))
+    head = {"CPU": 0.0, HEAD_RESOURCE: 1.0, "memory": 1e10}
+    settings = StudySettings(
+        space="s", name="n", storage_path="/x", num_samples=64, max_concurrent=None, cpus_per_trial=4,
+        gpus_per_trial=1.0, sampler="tpe", seed=0, scheduler="fifo", dataset=None, data_dir=None, arch=None,
+        weights=None, cache_dir="/c", tracking_uri="sqlite:////x.db", experiment_name="n", smoke=False,
+    )  # fmt: skip
+    with pytest.raises(UsageError, match="--cpus-per-trial 4 exceeds the 0 CPUs of the largest Ray node"):
+        _check_resources([head], settings)
+    assert countable_nodes([head], tmp_path / "absent.yaml") == [head]  # no autoscaler: the live nodes
+    worker = {"CPU": 4.0, "GPU": 1.0}
+    assert countable_nodes([head], bootstrap) == [head] + [worker] * 8
+    assert countable_nodes([head, {**worker, "memory": 1e10}], bootstrap) == [head] + [worker] * 8  # not twice
+    assert _check_resources(countable_nodes([head], bootstrap), settings) == 8  # one trial per g5.xlarge
+    config["max_workers"] = 3
+    bootstrap.write_text(yaml.safe_dump(config))
+    assert _check_resources(countable_nodes([head], bootstrap), settings) == 3
