@@ -4,7 +4,8 @@ the workers it will get, rather than refused because no live node can place a tr
 
 Ray's cluster launcher writes the autoscaler's config to ``~/ray_bootstrap_config.yaml`` on the head (the file
 ``ray start --autoscaling-config`` names in ``cluster.yaml``), each node type's ``resources`` filled in from its
-instance type; the driver runs on the head (``ray job submit``), so it reads the same file.
+instance type (Ray's AWS provider: ``CPU``, ``GPU``, ``memory``, ``accelerator_type:A10G``); the driver runs on the head
+(``ray job submit``), so it reads the same file.
 """
 
 from __future__ import annotations
@@ -34,7 +35,11 @@ def autoscaling_workers(path: Path) -> list[dict[str, float]]:
     for name, node_type in sorted(config["available_node_types"].items()):
         if name == config.get("head_node_type") or not isinstance(node_type, dict):
             continue
-        resources = {key: float(value) for key, value in (node_type.get("resources") or {}).items()}
+        resources = {
+            key: float(value)
+            for key, value in (node_type.get("resources") or {}).items()
+            if isinstance(value, (int, float)) and not isinstance(value, bool)
+        }
         count = min(int(node_type.get("max_workers") or 0), remaining)
         remaining -= count
         workers += [resources] * count

@@ -670,7 +670,7 @@ def test_an_autoscaling_cluster_counts_the_workers_it_may_start(tmp_path) -> Non
 
     config = yaml.safe_load((Path(__file__).parents[2] / "cluster.yaml").read_text())
     # What the launcher writes to the head's ~/ray_bootstrap_config.yaml: resources filled in from the instance type.
-    config["available_node_types"]["gpu_worker"]["resources"] = {"CPU": 4, "GPU": 1}
+    config["available_node_types"]["gpu_worker"]["resources"] = {"CPU": 4, "GPU": 1, "note": "not a quantity"}
     bootstrap = tmp_path / "ray_bootstrap_config.yaml"
     bootstrap.write_text(yaml.safe_dump(config))
     head = {"CPU": 0.0, HEAD_RESOURCE: 1.0, "memory": 1e10}
