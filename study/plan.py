@@ -264,7 +264,7 @@ def _check_datasets(space: SearchSpace) -> None:
             root = data_dir or str(default_data_dir())
             how = (
                 f"e.g. python -c \"from spa.data import load_splits; load_splits('{dataset}', data_dir='{root}', "
-                "download=True)\""
+                'download=True)"'
                 if error.downloadable
                 else "(torchvision cannot download it)"
             )

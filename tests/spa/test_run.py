@@ -98,8 +98,9 @@ def test_imagenet_weights_without_network_one_line_before_the_data(
     tmp_path, monkeypatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """Offline and not cached, --weights imagenet was a urllib traceback (exit 1) after the data were loaded."""
-    import torch.hub
     import urllib.error
+
+    import torch.hub
 
     from spa import experiment
 
@@ -117,7 +118,9 @@ def test_imagenet_weights_without_network_one_line_before_the_data(
     err = capsys.readouterr().err
     assert code == 2 and len(err.strip().splitlines()) == 1
     cached = tmp_path / "hub" / "checkpoints" / "resnet50-0676ba61.pth"
-    assert err.startswith(f"error: weights='imagenet': the resnet50 ImageNet weights are not in the torch hub cache ({cached})")
+    assert err.startswith(
+        f"error: weights='imagenet': the resnet50 ImageNet weights are not in the torch hub cache ({cached})"
+    )
     assert "https://download.pytorch.org/models/resnet50-0676ba61.pth ([Errno -2] Name or service not known)" in err
     assert err.rstrip().endswith("put resnet50-0676ba61.pth there")
     assert not csv_path.exists() and not cached.exists()

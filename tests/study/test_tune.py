@@ -655,7 +655,7 @@ def test_a_dataset_missing_from_data_dir_says_how_without_download(tmp_path, bac
     assert main([*argv, *common(tmp_path, backbone_cache)]) == 2
     assert capsys.readouterr().err.strip() == (
         f"error: dataset 'cifar10' not found: expected it at '{data_dir / 'cifar-10-batches-py'}'; a study never "
-        "downloads: put the original files there first, e.g. python -c \"from spa.data import load_splits; "
+        'downloads: put the original files there first, e.g. python -c "from spa.data import load_splits; '
         f"load_splits('cifar10', data_dir='{data_dir}', download=True)\""
     )
     nothing_created(tmp_path)
