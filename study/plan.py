@@ -183,7 +183,8 @@ def _check_device_settings(space: SearchSpace, settings: StudySettings, *, resum
     """The command decides a trial's device (``overrides``), so a space's ``device`` would be silently replaced (a
     resumed study's copy of its space holds the device the command pinned); and CUDA-only settings on trials without
     a GPU would fail every trial, after Ray, Optuna and MLflow were set up."""
-    if not resumed and "device" in space.fixed or any(param.name == "device" for param in space.params):
+    # A resumed study's copy fixes the device its command pinned; a searched device is refused either way.
+    if (not resumed and "device" in space.fixed) or any(param.name == "device" for param in space.params):
         raise UsageError(
             f"{space.path}: device is not allowed in a space; allowed: --gpus-per-trial, which sets it "
             "(cuda when > 0, else cpu)"
